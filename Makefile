@@ -1,0 +1,37 @@
+# hpcdiff developer entry points. `make test` is the README's test command: it creates .venv,
+# installs the pinned dependencies and the package, and runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REQS := requirements/torch-cpu.txt requirements/test.txt setup.py
+
+.PHONY: venv test lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): $(REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/torch-cpu.txt
+	$(PY) -m pip install --quiet -r requirements/torch-cpu.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PY) -m pip check
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check hpcdiff tests benchmarks
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hpcdiff tests benchmarks
+	$(VENV)/bin/ruff format --check hpcdiff tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format hpcdiff tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_sampler_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
