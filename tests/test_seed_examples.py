@@ -89,8 +89,13 @@ def test_seed002_song_unet_adapter_runs_as_written():
 
     torch.manual_seed(0)
     model = SongUNetAdapter(
-        img_resolution=16, in_channels=2, out_channels=2, model_channels=16,
-        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8],
+        img_resolution=16,
+        in_channels=2,
+        out_channels=2,
+        model_channels=16,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[8],
     )
     assert isinstance(model, DiffusionModel)
     x, t = torch.randn(2, 2, 16, 16), torch.rand(2)

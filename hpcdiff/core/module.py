@@ -48,7 +48,7 @@ def _bind_init_args(cls: type, args: tuple, kwargs: dict) -> dict[str, Any]:
 
 
 class Module(torch.nn.Module):
-    """Base class for hpcdiff models: records constructor arguments for ``save``/``from_checkpoint``.
+    """Base class for hpcdiff models: records constructor arguments to save and re-create them.
 
     Constructor arguments must be JSON-serializable, or themselves ``Module`` instances (nested
     to any depth). Subclasses are registered automatically under ``"<module>:<qualname>"`` and
@@ -127,8 +127,11 @@ class Module(torch.nn.Module):
         if path.suffix != self._file_extension:
             raise ValueError(f"checkpoint file name must end with '{self._file_extension}': {path}")
         spec = self._spec()
-        meta = {"format": "hpcdiff.core.Module", "format_version": _FORMAT_VERSION,
-                "torch": torch.__version__}
+        meta = {
+            "format": "hpcdiff.core.Module",
+            "format_version": _FORMAT_VERSION,
+            "torch": torch.__version__,
+        }
         weights = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, weights)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,9 +199,16 @@ class Module(torch.nn.Module):
 
         init_sig = inspect.signature(torch_class.__init__)
         __init__.__signature__ = init_sig  # so constructor arguments bind by name
-        new_cls = type(name, (Module,), {"__init__": __init__, "forward": forward,
-                                         "__doc__": torch_class.__doc__,
-                                         "__module__": torch_class.__module__})
+        new_cls = type(
+            name,
+            (Module,),
+            {
+                "__init__": __init__,
+                "forward": forward,
+                "__doc__": torch_class.__doc__,
+                "__module__": torch_class.__module__,
+            },
+        )
         new_cls.__qualname__ = name
         _REGISTRY[_qualified(new_cls)] = new_cls
         _REGISTRY[name] = new_cls
@@ -250,8 +260,8 @@ def _build(spec: dict, overrides: dict[str, Any], prefix: str, path) -> Module:
         if isinstance(value, dict) and _MODULE_KEY in value:
             value = _build(value[_MODULE_KEY], overrides, f"{prefix}{name}.", path)
         args[name] = value
-    for key in [k for k in overrides if k.startswith(prefix) and "." not in k[len(prefix):]]:
-        args[key[len(prefix):]] = overrides.pop(key)
+    for key in [k for k in overrides if k.startswith(prefix) and "." not in k[len(prefix) :]]:
+        args[key[len(prefix) :]] = overrides.pop(key)
     sig = inspect.signature(cls.__init__)
     params = list(sig.parameters.values())[1:]
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
@@ -263,7 +273,8 @@ def _build(spec: dict, overrides: dict[str, Any], prefix: str, path) -> Module:
                 f"accepted: {sorted(known)}"
             )
     required = {
-        p.name for p in params
+        p.name
+        for p in params
         if p.default is inspect.Parameter.empty
         and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     }

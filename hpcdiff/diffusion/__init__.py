@@ -8,7 +8,12 @@ import importlib
 from hpcdiff.diffusion.base import Denoiser, DiffusionModel, Predictor, PredictorType
 
 _SUBPACKAGES = (
-    "noise_schedulers", "preconditioners", "metrics", "samplers", "guidance", "utils",
+    "noise_schedulers",
+    "preconditioners",
+    "metrics",
+    "samplers",
+    "guidance",
+    "utils",
     "multi_diffusion",
 )
 
