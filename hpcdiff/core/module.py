@@ -22,6 +22,7 @@ import torch
 
 _FORMAT_VERSION = "1"
 _MODULE_KEY = "__hpcdiff_module__"
+_TENSOR_KEY = "__hpcdiff_tensor__"
 _REGISTRY: dict[str, type[Module]] = {}
 
 
@@ -50,9 +51,9 @@ def _bind_init_args(cls: type, args: tuple, kwargs: dict) -> dict[str, Any]:
 class Module(torch.nn.Module):
     """Base class for hpcdiff models: records constructor arguments to save and re-create them.
 
-    Constructor arguments must be JSON-serializable, or themselves ``Module`` instances (nested
-    to any depth). Subclasses are registered automatically under ``"<module>:<qualname>"`` and
-    under their class name.
+    Constructor arguments must be JSON-serializable, small tensors (stored as lists with their
+    dtype), or themselves ``Module`` instances (nested to any depth). Subclasses are registered
+    automatically under ``"<module>:<qualname>"`` and under their class name.
 
     >>> class Affine(Module):
     ...     def __init__(self, n: int, scale: float = 2.0):
@@ -104,6 +105,11 @@ class Module(torch.nn.Module):
         for name, value in self._init_args.items():
             if isinstance(value, Module):
                 args[name] = {_MODULE_KEY: value._spec()}
+            elif isinstance(value, torch.Tensor):  # small tensors (e.g. per-channel constants)
+                args[name] = {
+                    _TENSOR_KEY: value.detach().cpu().tolist(),
+                    "dtype": str(value.dtype).removeprefix("torch."),
+                }
             elif isinstance(value, torch.nn.Module):
                 raise TypeError(
                     f"{type(self).__name__}: constructor argument '{name}' is a plain "
@@ -259,6 +265,13 @@ def _build(spec: dict, overrides: dict[str, Any], prefix: str, path) -> Module:
     for name, value in spec["args"].items():
         if isinstance(value, dict) and _MODULE_KEY in value:
             value = _build(value[_MODULE_KEY], overrides, f"{prefix}{name}.", path)
+        elif isinstance(value, dict) and _TENSOR_KEY in value:
+            dtype = getattr(torch, str(value.get("dtype")), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(
+                    f"{path}: argument '{name}' has unknown dtype {value.get('dtype')!r}"
+                )
+            value = torch.tensor(value[_TENSOR_KEY], dtype=dtype)
         args[name] = value
     for key in [k for k in overrides if k.startswith(prefix) and "." not in k[len(prefix) :]]:
         args[key[len(prefix) :]] = overrides.pop(key)

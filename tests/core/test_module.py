@@ -79,6 +79,14 @@ def test_from_torch_wraps_a_plain_module_and_round_trips(tmp_path):
     torch.testing.assert_close(loaded(x), m(x), rtol=0, atol=0)
 
 
+def test_tensor_arguments_round_trip_with_dtype(tmp_path):
+    m = Affine(2, scale=torch.tensor([0.5, 2.0], dtype=torch.float64))
+    m.save(tmp_path / "t.mdlus")
+    loaded = Module.from_checkpoint(tmp_path / "t.mdlus")
+    assert loaded.scale.dtype == torch.float64
+    torch.testing.assert_close(loaded.scale, m.scale, rtol=0, atol=0)
+
+
 def test_weights_only_load_into_existing_model(tmp_path):
     a, b = Affine(2), Affine(2)
     a.save(tmp_path / "a.mdlus")

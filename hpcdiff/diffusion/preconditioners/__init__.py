@@ -1,0 +1,17 @@
+"""Preconditioners: affine input/output scalings wrapped around a diffusion network."""
+
+from hpcdiff.diffusion.preconditioners.preconditioners import (
+    BaseAffinePreconditioner,
+    EDMPreconditioner,
+    IDDPMPreconditioner,
+    VEPreconditioner,
+    VPPreconditioner,
+)
+
+__all__ = [
+    "BaseAffinePreconditioner",
+    "EDMPreconditioner",
+    "IDDPMPreconditioner",
+    "VEPreconditioner",
+    "VPPreconditioner",
+]
