@@ -1,0 +1,171 @@
+"""CF conventions: which dimension of a variable is time, y (rows) and x (columns).
+
+Discovery order for each dimension of a variable: a config override (``data.dims``), then the
+attributes of its coordinate variable (``axis``; ``standard_name``; ``units`` such as
+``days since ...``, ``degrees_north``, ``degrees_east``), then the dimension's name, and for
+time an unlimited dimension. Dimensions of length 1 that are none of these (e.g. a single
+height level) are squeezed. Times are compared as float64 seconds since 1970 in the files'
+calendar (``cftime``), so files with different time units concatenate correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cftime
+import numpy as np
+
+from hpcdiff.data.errors import DataError
+
+EPOCH = "seconds since 1970-01-01 00:00:00"
+
+AXES = ("time", "y", "x")
+
+_STANDARD_NAMES = {
+    "time": "time",
+    "latitude": "y",
+    "grid_latitude": "y",
+    "projection_y_coordinate": "y",
+    "longitude": "x",
+    "grid_longitude": "x",
+    "projection_x_coordinate": "x",
+}
+_AXIS_ATTR = {"T": "time", "Y": "y", "X": "x"}
+_Y_UNITS = ("degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn")
+_X_UNITS = ("degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese")
+_NAMES = {
+    "time": ("time", "t", "valid_time", "times"),
+    "y": ("y", "lat", "latitude", "rlat", "south_north", "j", "rows", "nlat"),
+    "x": ("x", "lon", "longitude", "rlon", "west_east", "i", "cols", "nlon"),
+}
+
+
+@dataclass(frozen=True)
+class GridDims:
+    """Names of the time / y / x dimensions of one variable, and its full dimension order."""
+
+    time: str | None
+    y: str
+    x: str
+    order: tuple[str, ...]
+
+    def squeezed(self) -> tuple[str, ...]:
+        """Dimensions of length 1 that are read at index 0."""
+        return tuple(d for d in self.order if d not in (self.time, self.y, self.x))
+
+
+def classify_coordinate(coord: Any) -> str | None:
+    """'time', 'y', 'x' or None for a coordinate variable, from CF attributes only."""
+    attrs = {k: getattr(coord, k) for k in coord.ncattrs()}
+    axis = str(attrs.get("axis", "")).upper()
+    if axis in _AXIS_ATTR:
+        return _AXIS_ATTR[axis]
+    std = str(attrs.get("standard_name", "")).lower()
+    if std in _STANDARD_NAMES:
+        return _STANDARD_NAMES[std]
+    units = str(attrs.get("units", "")).lower().replace(" ", "")
+    if "since" in units:
+        return "time"
+    if units in _Y_UNITS:
+        return "y"
+    if units in _X_UNITS:
+        return "x"
+    return None
+
+
+def _classify_dim(ds: Any, dim: str) -> str | None:
+    if dim in ds.variables:
+        kind = classify_coordinate(ds.variables[dim])
+        if kind is not None:
+            return kind
+    for kind, names in _NAMES.items():
+        if dim.lower() in names:
+            return kind
+    if ds.dimensions[dim].isunlimited():
+        return "time"
+    return None
+
+
+def discover_dims(
+    ds: Any,
+    variable: str,
+    overrides: Mapping[str, str] | None = None,
+    *,
+    timed: bool = True,
+    path: str | None = None,
+) -> GridDims:
+    """Find the time / y / x dimensions of ``variable`` in the open netCDF4 dataset ``ds``.
+
+    ``overrides`` maps 'time', 'y', 'x' to dimension names and wins over the attributes.
+    """
+    var = ds.variables[variable]
+    order = tuple(var.dimensions)
+    found: dict[str, str] = {}
+    overrides = dict(overrides or {})
+    for kind, name in overrides.items():
+        if name in order:
+            found[kind] = name
+    for dim in order:
+        if dim in found.values():
+            continue
+        kind = _classify_dim(ds, dim)
+        if kind is None or (kind == "time" and not timed):
+            continue
+        if kind in found:
+            raise DataError(
+                f"dimensions {found[kind]!r} and {dim!r} both look like {kind}; "
+                f"set data.dims.{kind} to choose",
+                path=path,
+                variable=variable,
+            )
+        found[kind] = dim
+    wanted = AXES if timed else AXES[1:]
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        raise DataError(
+            f"cannot find the {'/'.join(missing)} dimension among {list(order)}; "
+            f"set data.dims.{missing[0]} or add CF 'axis'/'standard_name' attributes",
+            path=path,
+            variable=variable,
+        )
+    dims = GridDims(found.get("time"), found["y"], found["x"], order)
+    extra = [d for d in dims.squeezed() if ds.dimensions[d].size != 1]
+    if extra:
+        raise DataError(
+            f"has extra dimension {extra[0]!r} of size {ds.dimensions[extra[0]].size}; "
+            "only (time, y, x) fields with length-1 extra dimensions are supported",
+            path=path,
+            variable=variable,
+        )
+    return dims
+
+
+def epoch_seconds(tvar: Any, path: str) -> tuple[np.ndarray, str]:
+    """Times of a CF time coordinate as float64 seconds since 1970 in its calendar."""
+    units = getattr(tvar, "units", "")
+    calendar = str(getattr(tvar, "calendar", "standard")).lower()
+    calendar = "standard" if calendar == "gregorian" else calendar
+    if "since" not in str(units):
+        raise DataError(f"time units {units!r} are not CF 'UNIT since DATE'", path=path)
+    values = np.asarray(tvar[:], dtype=np.float64)
+    try:
+        dates = cftime.num2date(values, units, calendar)
+        return np.asarray(cftime.date2num(dates, EPOCH, calendar), dtype=np.float64), calendar
+    except (ValueError, TypeError) as err:
+        raise DataError(f"cannot decode times ({err})", path=path, variable=tvar.name) from None
+
+
+def format_time(seconds: float, calendar: str) -> str:
+    """ISO string of ``seconds`` since 1970 in ``calendar``."""
+    return cftime.num2date(seconds, EPOCH, calendar).isoformat()
+
+
+def parse_time(text: str, calendar: str) -> float:
+    """Seconds since 1970 in ``calendar`` of an ISO date/time string."""
+    from datetime import datetime
+
+    d = datetime.fromisoformat(str(text))
+    date = cftime.datetime(d.year, d.month, d.day, d.hour, d.minute, d.second, calendar=calendar)
+    return float(cftime.date2num(date, EPOCH, calendar))
