@@ -1,0 +1,38 @@
+"""Backbones: the SongUNet family and DiT, adapters to ``DiffusionModel``, PhysicsNeMo import.
+
+Names load lazily on first access, so ``import hpcdiff.models`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SongUNet": "hpcdiff.models.song_unet",
+    "SongUNetPosEmbd": "hpcdiff.models.song_unet_pos",
+    "positional_grid": "hpcdiff.models.song_unet_pos",
+    "DiT": "hpcdiff.models.dit",
+    "SongUNetDiffusionModel": "hpcdiff.models.adapters",
+    "DiffusionModelAdapter": "hpcdiff.models.adapters",
+    "split_condition": "hpcdiff.models.conditioning",
+    "POSITIONAL_EMBEDDING_KEY": "hpcdiff.models.conditioning",
+    "load_physicsnemo": "hpcdiff.models.physicsnemo_import",
+    "create_model": "hpcdiff.models.registry",
+    "model_names": "hpcdiff.models.registry",
+    "count_parameters": "hpcdiff.models.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hpcdiff.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
