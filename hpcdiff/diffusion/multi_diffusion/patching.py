@@ -19,6 +19,12 @@ from hpcdiff.diffusion.multi_diffusion import _grid, _kernels
 Tensor = torch.Tensor
 
 
+def _is_module_fn(input: object) -> bool:
+    """True for ``nn.Module.apply(fn)`` calls (``apply`` is overridden here with the patching
+    meaning; frameworks such as DeepSpeed call ``module.apply(fn)`` on every submodule)."""
+    return callable(input) and not isinstance(input, (Tensor, torch.nn.Module))
+
+
 class BasePatching2D(torch.nn.Module, ABC):
     """Common base of 2-D patching strategies: checks shapes and crops the patch to the image.
 
@@ -155,6 +161,8 @@ class RandomPatching2D(BasePatching2D):
     def apply(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:
         """Patches (P B, C, Hp, Wp) of ``input`` (B, C, H, W); ``additional_input``
         (B, C_add, H', W') is resized to (Hp, Wp) and appended as channels to every patch."""
+        if _is_module_fn(input):
+            return torch.nn.Module.apply(self, input)
         self._check_input(input)
         return self(input, additional_input=additional_input)
 
@@ -259,6 +267,8 @@ class GridPatching2D(BasePatching2D):
         """Grid patches (P B, C, Hp, Wp) of ``input`` (B, C, H, W): rows B i .. B (i + 1) hold
         patch i of every sample; ``additional_input`` (B, C_add, H', W') is resized to
         (Hp, Wp) and appended as channels to every patch."""
+        if _is_module_fn(input):
+            return torch.nn.Module.apply(self, input)
         self._check_input(input)
         return self(input, additional_input=additional_input)
 

@@ -295,3 +295,13 @@ def test_functional_and_fuse_validation():
         gp.apply([1, 2])
     with pytest.raises(ValueError, match="patch_num"):
         RandomPatching2D((16, 16), (8, 8), 0)
+
+
+def test_module_apply_with_a_function_keeps_nn_module_semantics():
+    """DeepSpeed (and init code) call ``module.apply(fn)`` on every submodule."""
+    from hpcdiff.diffusion.multi_diffusion import GridPatching2D, RandomPatching2D
+
+    for patching in (RandomPatching2D((8, 8), (4, 4), 2), GridPatching2D((8, 8), (4, 4))):
+        seen = []
+        assert patching.apply(seen.append) is patching
+        assert seen == [patching]
