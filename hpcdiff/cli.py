@@ -14,7 +14,12 @@ import sys
 import hpcdiff
 
 # Modules offering subcommands; each is imported only when the parser is built.
-_COMMAND_MODULES = ("hpcdiff.data.cli", "hpcdiff.models.cli")
+_COMMAND_MODULES = (
+    "hpcdiff.train.cli",
+    "hpcdiff.generate.cli",
+    "hpcdiff.data.cli",
+    "hpcdiff.models.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,6 +91,18 @@ class Normalizer:
         x /= self.std.reshape(shape)
         return x
 
+    def denormalize(self, x: np.ndarray, axis: int = -3) -> np.ndarray:
+        """Inverse of :meth:`__call__` as a new array (``log1p`` undone by ``expm1``)."""
+        shape = [1] * x.ndim
+        shape[axis] = len(self.variables)
+        out = x * self.std.reshape(shape) + self.mean.reshape(shape)
+        for c, name in enumerate(self.transforms):
+            if name == "log1p":
+                index = [slice(None)] * x.ndim
+                index[axis] = c
+                out[tuple(index)] = np.expm1(out[tuple(index)])
+        return out
+
     def channel(self, c: int, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Normalize channel ``c`` from ``x`` into ``out`` (one pass fewer than copy + call)."""
         if self.transforms[c] == "log1p":

@@ -1,0 +1,1 @@
+"""Generation from trained runs: multi-diffusion sampling to NetCDF and plots."""

@@ -1,0 +1,139 @@
+"""The experiment config of ``hpcdiff train``: one dataclass section per component.
+
+Sections: ``run`` (here), ``data`` (:class:`hpcdiff.data.DataConfig`), ``model`` and
+``diffusion`` (here), ``optim`` (:class:`hpcdiff.train.lr.OptimConfig`), ``dist``, ``zero``,
+``ema``, ``checkpoint`` (:mod:`hpcdiff.distributed.config`), ``profiling`` and ``sample`` (here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hpcdiff.config import ConfigError, apply_overrides, from_dict, read_yaml
+from hpcdiff.data.config import DataConfig
+from hpcdiff.distributed.config import CheckpointConfig, DistConfig, EMAConfig, ZeroConfig
+from hpcdiff.train.lr import OptimConfig
+
+SCHEDULERS = ("edm", "edm_log_uniform", "ve", "vp", "iddpm", "student_t_edm")
+PRECONDITIONERS = ("edm", "ve", "vp", "iddpm")
+
+
+@dataclass
+class RunConfig:
+    """Section ``run``: where results go, how long to train, how often to report."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    steps: int = 1000
+    log_every: int = 10
+    val_every: int = 0  # 0 disables periodic validation
+    val_batches: int = 2
+
+    def validate(self) -> None:
+        for key in ("steps", "log_every", "val_batches"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'run.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.val_every < 0:
+            raise ConfigError(f"config key 'run.val_every' must be >= 0, got {self.val_every}")
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+@dataclass
+class ModelConfig:
+    """Section ``model``: a named backbone size plus constructor overrides."""
+
+    name: str = "SongUNet-S"  # see `hpcdiff models --list`
+    args: dict[str, Any] = field(default_factory=dict)  # overrides of the named size
+    positional_embedding: Literal["learnable", "sinusoidal", "linear"] | None = "sinusoidal"
+    channels_positional_embedding: int = 4
+
+    def validate(self) -> None:
+        from hpcdiff.models.registry import model_names
+
+        if self.name not in model_names():
+            raise ConfigError(
+                f"config key 'model.name': {self.name!r} is unknown; choose one of {model_names()}"
+            )
+        for key in ("in_channels", "out_channels", "img_resolution", "input_size"):
+            if key in self.args:
+                raise ConfigError(
+                    f"config key 'model.args.{key}' is derived from the data section; remove it"
+                )
+
+
+@dataclass
+class DiffusionConfig:
+    """Section ``diffusion``: noise scheduler and preconditioner."""
+
+    scheduler: Literal["edm", "edm_log_uniform", "ve", "vp", "iddpm", "student_t_edm"] = "edm"
+    scheduler_args: dict[str, Any] = field(default_factory=dict)
+    preconditioner: Literal["edm", "ve", "vp", "iddpm"] = "edm"
+    sigma_data: float = 1.0  # data are normalized to unit variance by the stream
+
+
+@dataclass
+class ProfilingConfig:
+    """Section ``profiling``: NVTX ranges (see ``hpcdiff.nvtx.RANGE_NAMES``)."""
+
+    nvtx: bool = False
+
+
+@dataclass
+class SampleConfig:
+    """Section ``sample``: generation after training (quickstart) and ``hpcdiff sample``."""
+
+    num_steps: int = 18
+    solver: str = "heun"
+    ensemble: int = 2
+    times: int = 1  # how many validation times to generate for
+    overlap_pix: int = 8
+    boundary_pix: int = 0
+    chunk_size: int | None = None
+    window: Literal["uniform", "cosine"] = "uniform"
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The whole experiment."""
+
+    data: DataConfig
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> None:
+        if self.data.mode != "tile":
+            raise ConfigError(
+                "config key 'data.mode': the trainer takes whole-domain samples ('tile'); "
+                "'patch' windows need tiled (domain-decomposed) training"
+            )
+        if self.diffusion.scheduler in ("ve", "vp", "iddpm") and (
+            self.diffusion.preconditioner != self.diffusion.scheduler
+        ):
+            raise ConfigError(
+                f"config key 'diffusion.preconditioner': {self.diffusion.preconditioner!r} does "
+                f"not match diffusion.scheduler {self.diffusion.scheduler!r}"
+            )
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML experiment file, apply ``section.key=value`` overrides, validate it all."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, list(overrides))
+    if "data" not in data:
+        raise ConfigError("config section 'data' is required")
+    return from_dict(TrainConfig, data)
