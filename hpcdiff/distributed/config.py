@@ -1,0 +1,156 @@
+"""Config sections owned by the distributed layer: ``dist``, ``zero``, ``ema``, ``checkpoint``.
+
+Plain dataclasses for :func:`hpcdiff.config.from_dict` (which checks the annotated types and
+calls ``validate()``); every error names the dotted key. Optimizer hyper-parameters (lr, betas,
+eps, weight decay, gradient clipping) live in the trainer's ``optim`` section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hpcdiff.config import ConfigError
+
+
+def _require(ok: bool, key: str, value: Any, need: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {need}, got {value!r}")
+
+
+@dataclass
+class DistConfig:
+    """Section ``dist``: process group backend, device binding and failure detection."""
+
+    backend: Literal["auto", "gloo", "nccl", "mpi"] = "auto"  # auto: nccl on GPUs, gloo on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    timeout_s: float = 600.0  # collective timeout; a rank silent this long is declared dead
+    heartbeat: bool = True  # watchdog thread that names a dead or hung rank
+
+    def validate(self) -> None:
+        _require(self.timeout_s > 0, "dist.timeout_s", self.timeout_s, "must be > 0")
+
+
+@dataclass
+class ZeroConfig:
+    """Section ``zero``: DeepSpeed ZeRO stage, precision, accumulation and offload."""
+
+    stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum_steps: int = 1
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    offload_param: Literal["none", "cpu", "nvme"] = "none"  # stage 3 only
+    nvme_path: str | None = None
+    init_on_construct: bool = False  # stage 3: build the model already partitioned (zero.Init)
+    torch_adam: bool | None = None  # None: torch's AdamW on CPU, DeepSpeed's fused AdamW on GPU
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into "zero_optimization"
+    ds_config: str | None = None  # native DeepSpeed JSON used instead; "auto" values filled in
+
+    def validate(self) -> None:
+        _require(self.stage in (0, 1, 2, 3), "zero.stage", self.stage, "must be 0, 1, 2 or 3")
+        _require(
+            self.precision in ("fp32", "bf16", "fp16"),
+            "zero.precision",
+            self.precision,
+            "must be fp32, bf16 or fp16",
+        )
+        _require(
+            self.grad_accum_steps >= 1,
+            "zero.grad_accum_steps",
+            self.grad_accum_steps,
+            "must be >= 1",
+        )
+        for key in ("offload_optimizer", "offload_param"):
+            value = getattr(self, key)
+            _require(
+                value in ("none", "cpu", "nvme"), f"zero.{key}", value, "must be none, cpu or nvme"
+            )
+        _require(
+            self.offload_param == "none" or self.stage == 3,
+            "zero.offload_param",
+            self.offload_param,
+            "needs zero.stage=3",
+        )
+        _require(
+            self.offload_optimizer == "none" or self.stage >= 1,
+            "zero.offload_optimizer",
+            self.offload_optimizer,
+            "needs zero.stage >= 1",
+        )
+        nvme = "nvme" in (self.offload_optimizer, self.offload_param)
+        _require(
+            not nvme or bool(self.nvme_path),
+            "zero.nvme_path",
+            self.nvme_path,
+            "must name a directory for NVMe offload",
+        )
+        _require(
+            not self.init_on_construct or self.stage == 3,
+            "zero.init_on_construct",
+            self.init_on_construct,
+            "needs zero.stage=3",
+        )
+
+
+@dataclass
+class EMAConfig:
+    """Section ``ema``: EDM's EMA (Karras et al. 2022, training_loop), or a fixed decay.
+
+    ``beta = 0.5 ** (batch_size / max(h, 1e-8))`` with ``h = min(halflife_samples,
+    rampup_ratio * samples_seen)``; ``decay`` replaces the schedule when set.
+    """
+
+    enabled: bool = True
+    halflife_samples: float | None = 500_000.0  # EDM: ema_halflife_kimg = 500
+    rampup_ratio: float | None = 0.05  # EDM default; null disables the ramp-up
+    decay: float | None = None
+
+    def validate(self) -> None:
+        if self.decay is not None:
+            _require(0 <= self.decay < 1, "ema.decay", self.decay, "must be in [0, 1)")
+            return
+        _require(
+            self.halflife_samples is not None and self.halflife_samples > 0,
+            "ema.halflife_samples",
+            self.halflife_samples,
+            "must be > 0 (or set ema.decay)",
+        )
+        _require(
+            self.rampup_ratio is None or self.rampup_ratio > 0,
+            "ema.rampup_ratio",
+            self.rampup_ratio,
+            "must be > 0 or null",
+        )
+
+    def beta(self, samples_seen: int, batch_size: int) -> float:
+        """Decay for a step of ``batch_size`` samples taken after ``samples_seen`` samples.
+
+        >>> EMAConfig(halflife_samples=1000, rampup_ratio=None).beta(0, 1000)
+        0.5
+        """
+        if self.decay is not None:
+            return float(self.decay)
+        halflife = float(self.halflife_samples)
+        if self.rampup_ratio is not None:
+            halflife = min(halflife, samples_seen * self.rampup_ratio)
+        return 0.5 ** (batch_size / max(halflife, 1e-8))
+
+
+@dataclass
+class CheckpointConfig:
+    """Section ``checkpoint``: where and how often to save, what to resume from."""
+
+    dir: str = "checkpoints"  # relative to the run directory
+    every_steps: int = 1000
+    keep_last: int = 3
+    resume: str = "latest"  # latest | none | path of one checkpoint directory
+
+    def validate(self) -> None:
+        _require(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, "must be >= 1")
+        _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "must be >= 1")
+        _require(
+            bool(self.resume),
+            "checkpoint.resume",
+            self.resume,
+            "must be latest, none or a checkpoint directory",
+        )

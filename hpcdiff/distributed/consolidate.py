@@ -1,0 +1,109 @@
+"""Turn a sharded training checkpoint (ZeRO 0-3) into one float32 state dict for inference.
+
+Runs in a single process, without a process group: stages 1-3 are joined with DeepSpeed's
+``zero_to_fp32`` (the exact fp32 master weights), stage 0 (where that tool does not apply) is
+read from the replicated module state. The EMA weights are joined from the per-rank shards.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+from hpcdiff.distributed.checkpoint import load_torch, read_manifest, verify_checkpoint
+from hpcdiff.distributed.ema import consolidate_ema
+
+
+def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def model_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Whole float32 weights and buffers of the trained model in checkpoint ``path``."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest["zero_stage"] == 0:
+        state = load_torch(path / "ds" / "mp_rank_00_model_states.pt")["module"]
+    else:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="ds")
+    return _float32(dict(state))
+
+
+def ema_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Whole float32 EMA weights of checkpoint ``path`` (buffers taken from the model)."""
+    path = Path(path)
+    shards = sorted((path / "ema").glob("rank_*.pt"))
+    if not shards:
+        raise FileNotFoundError(f"{path}: checkpoint holds no EMA shards")
+    model = model_state_dict(path)
+    ema = consolidate_ema([load_torch(p) for p in shards])
+    unknown = sorted(set(ema) - set(model))
+    if unknown:
+        raise ValueError(f"{path}: EMA names {unknown[:5]} are not in the model state")
+    return {**model, **ema}
+
+
+def consolidate_checkpoint(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    weights: str = "auto",
+    submodule: str | None = None,
+) -> Path:
+    """Write the checkpoint's weights to one file for inference.
+
+    ``weights`` is ``ema``, ``model`` or ``auto`` (EMA when the checkpoint has one);
+    ``submodule`` (a dotted name, e.g. ``model``) exports only that part of the trained module,
+    such as the network inside a training objective. An ``output`` ending in ``.mdlus`` is an
+    :class:`hpcdiff.core.Module` file loadable with ``Module.from_checkpoint`` (the trained
+    module must be a ``Module``); any other name gets ``torch.save`` of the float32 state dict.
+    """
+    path, output = Path(path), Path(output)
+    problems = verify_checkpoint(path)
+    if problems:
+        raise ValueError(f"{path} is corrupt or incomplete: {'; '.join(problems)}")
+    manifest = read_manifest(path)
+    if weights == "auto":
+        weights = "ema" if manifest["has_ema"] else "model"
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights={weights!r} must be one of auto, ema, model")
+    state = ema_state_dict(path) if weights == "ema" else model_state_dict(path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".mdlus":
+        return _save_module(manifest, state, path, output, submodule)
+    if submodule:
+        prefix = f"{submodule}."
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise ValueError(f"{path}: the trained module has no submodule {submodule!r}")
+    tmp = output.with_name(f".{output.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, output)
+    return output
+
+
+def _save_module(
+    manifest: dict, state: dict, path: Path, output: Path, submodule: str | None
+) -> Path:
+    from hpcdiff.core import Module
+    from hpcdiff.core.module import _build
+
+    spec = manifest.get("model_spec")
+    if spec is None:
+        raise ValueError(
+            f"{path}: the trained model is not an hpcdiff.core.Module, so no .mdlus can be "
+            "written; choose an output name ending in .pt"
+        )
+    model = _build(spec, {}, prefix="", path=path)
+    model.load_state_dict(state, strict=True)
+    if submodule:
+        try:
+            model = model.get_submodule(submodule)
+        except AttributeError:
+            name = type(model).__name__
+            raise ValueError(f"{path}: {name} has no submodule {submodule!r}") from None
+        if not isinstance(model, Module):
+            raise ValueError(f"{path}: submodule {submodule!r} is not an hpcdiff.core.Module")
+    return model.save(output)

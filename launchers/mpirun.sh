@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Run hpcdiff under mpirun / mpiexec (Open MPI, MPICH, Intel MPI, MVAPICH).
+#
+#   NP=8 launchers/mpirun.sh train --config configs/dit_zero3.yaml
+#
+#   NP               number of ranks (default 1)
+#   MPIRUN           launcher to use (default: mpirun on PATH; give a full path to pick one MPI)
+#   MPIRUN_ARGS      extra launcher options, e.g. "--hostfile hosts --oversubscribe"
+#   HPCDIFF_PYTHON   interpreter (default: python on PATH)
+#   HPCDIFF_SCRIPT   run this Python file instead of `-m hpcdiff`
+# hpcdiff reads the rank layout from the MPI's variables and gets rank 0's address by an MPI
+# broadcast (mpi4py), so mpi4py must load the same MPI as the launcher: for Open MPI this
+# script points MPI4PY_LIBMPI at Open MPI's libmpi.
+set -euo pipefail
+
+PY=${HPCDIFF_PYTHON:-python}
+MPIRUN=${MPIRUN:-mpirun}
+np=${NP:-1}
+if [ -n "${HPCDIFF_SCRIPT:-}" ]; then target=("$HPCDIFF_SCRIPT"); else target=(-m hpcdiff); fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+args=(-n "$np")
+if "$MPIRUN" --version 2>&1 | grep -q "Open MPI"; then
+    libdir=$(ompi_info --path libdir --parsable 2>/dev/null | sed -n 's/^path:libdir://p' || true)
+    export MPI4PY_LIBMPI=${MPI4PY_LIBMPI:-${libdir:+$libdir/libmpi.so.40:}libmpi.so.40}
+    [ "$(id -u)" = 0 ] && args+=(--allow-run-as-root)
+    # Open MPI starts remote ranks with a bare environment: forward what hpcdiff needs.
+    for var in PATH LD_LIBRARY_PATH PYTHONPATH VIRTUAL_ENV OMP_NUM_THREADS MPI4PY_LIBMPI \
+               $(compgen -e | grep -E '^(HPCDIFF_|MASTER_|NCCL_|CUDA_VISIBLE_DEVICES$)' || true); do
+        [ -n "${!var:-}" ] && args+=(-x "$var")
+    done
+fi
+# shellcheck disable=SC2086  # MPIRUN_ARGS is a list of options
+exec "$MPIRUN" "${args[@]}" ${MPIRUN_ARGS:-} "$PY" "${target[@]}" "$@"
