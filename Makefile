@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQS := requirements/torch-cpu.txt requirements/test.txt setup.py
 
-.PHONY: venv test lint format bench clean
+.PHONY: venv test quickstart lint format bench clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,11 @@ $(STAMP): $(REQS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check hpcdiff tests benchmarks
+	scripts/ci_services.sh start   # Debian Open MPI + a one-node Slurm for the launcher tests
 	$(PY) -m pytest
+
+quickstart: $(STAMP)
+	VENV=$(VENV) scripts/quickstart.sh $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hpcdiff tests benchmarks
@@ -34,4 +38,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sampler_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info runs/quickstart data/quickstart

@@ -27,6 +27,7 @@ from hpcdiff.distributed import (
     restore_rng_state,
     resume,
     save_checkpoint,
+    shutdown,
 )
 from hpcdiff.distributed.collectives import barrier, mean_over_ranks
 from hpcdiff.train.build import DiffusionObjective, build_inference_model
@@ -113,6 +114,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         stream.close()
         if rank == 0:
             print(json.dumps(summary, indent=1))
+        shutdown()
         return run_dir
 
     # Engine (ZeRO-sharded optimizer state / gradients / parameters), EMA, resume.
@@ -196,4 +198,5 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     stream.close()
     logger.close()
     barrier()
+    shutdown()
     return run_dir
