@@ -17,6 +17,7 @@ import hpcdiff
 _COMMAND_MODULES = (
     "hpcdiff.train.cli",
     "hpcdiff.generate.cli",
+    "hpcdiff.train.checkpoint_cli",
     "hpcdiff.data.cli",
     "hpcdiff.models.cli",
 )

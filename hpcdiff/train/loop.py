@@ -24,6 +24,7 @@ from hpcdiff.distributed import (
     capture_rng_state,
     estimate_zero_memory,
     init_distributed,
+    model_init_context,
     restore_rng_state,
     resume,
     save_checkpoint,
@@ -108,7 +109,9 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     # Data: this rank's share of the training times (whole-domain samples).
     stream = DataStream(cfg.data, split="train", dp_rank=rank, dp_size=world)
     grid_shape = tuple(stream.sources["target"].shape)
-    objective = build_objective(cfg, grid_shape)
+    # zero.init_on_construct: parameters are partitioned as they are created (ZeRO-3).
+    with model_init_context(cfg.zero, cfg.optim, cfg.data.batch_size, ctx):
+        objective = build_objective(cfg, grid_shape)
     summary = describe(cfg, objective, world)
     if dry_run:
         stream.close()
