@@ -22,6 +22,7 @@ $(STAMP): $(REQS)
 test: $(STAMP)
 	$(VENV)/bin/ruff check hpcdiff tests benchmarks
 	scripts/ci_services.sh start   # Debian Open MPI + a one-node Slurm for the launcher tests
+	scripts/ci_nsight.sh install   # Debian nsight-systems (contrib + non-free) for tests/profiling
 	$(PY) -m pytest
 
 quickstart: $(STAMP)
@@ -36,6 +37,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sampler_overhead.py
+	$(PY) benchmarks/bench_nvtx_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs/quickstart data/quickstart

@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "hpcdiff.train.cli",
     "hpcdiff.generate.cli",
     "hpcdiff.train.checkpoint_cli",
+    "hpcdiff.train.profile_cli",
     "hpcdiff.data.cli",
     "hpcdiff.models.cli",
 )
