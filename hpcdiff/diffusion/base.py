@@ -12,8 +12,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from tensordict import TensorDict
 
-PredictorType = Literal["x0", "score", "epsilon"]
-"""What a predictor returns: clean data, the score, or the noise epsilon."""
+PredictorType = Literal["x0", "score", "epsilon", "velocity"]
+"""What a predictor returns: clean data, the score, the noise epsilon, or the velocity
+v = dx_t/dt = alpha'(t) x0 + sigma'(t) eps (flow matching)."""
 
 
 @runtime_checkable

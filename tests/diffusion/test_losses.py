@@ -186,7 +186,7 @@ def test_gradients_flow_to_model_only():
 @pytest.mark.parametrize("cls", [MSEDSMLoss, WeightedMSEDSMLoss])
 def test_validation_errors(cls):
     _, net, sched = _setup()
-    with pytest.raises(ValueError, match="prediction_type must be 'x0', 'score', or 'epsilon'"):
+    with pytest.raises(ValueError, match="must be 'x0', 'score', 'epsilon', or 'velocity'"):
         cls(net, sched, prediction_type="v")
     with pytest.raises(ValueError, match="score_to_x0_fn must be provided"):
         cls(net, sched, prediction_type="score")

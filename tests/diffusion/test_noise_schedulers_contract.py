@@ -15,6 +15,7 @@ from hpcdiff.diffusion.noise_schedulers import (
     IDDPMNoiseScheduler,
     LinearGaussianNoiseScheduler,
     NoiseScheduler,
+    RectifiedFlowNoiseScheduler,
     StudentTEDMNoiseScheduler,
     VENoiseScheduler,
     VPNoiseScheduler,
@@ -29,6 +30,10 @@ SCHEDULERS = {
     "vp_custom": lambda: VPNoiseScheduler(beta_min=0.5, beta_d=10.0, epsilon_s=0.01, t_max=0.9),
     "iddpm": lambda: IDDPMNoiseScheduler(M=200),
     "student_t": lambda: StudentTEDMNoiseScheduler(nu=5),
+    "rectified_flow": RectifiedFlowNoiseScheduler,
+    "rectified_flow_logit_shift": lambda: RectifiedFlowNoiseScheduler(
+        t_min=1e-3, time_distribution="logit_normal", shift=3.0
+    ),
 }
 F64 = torch.float64
 
@@ -142,6 +147,14 @@ def test_prediction_conversions_round_trip(scheduler):
     # Consistent with the forward process: x_t = alpha x0 + sigma eps.
     tb = t.view(-1, 1, 1)
     torch.testing.assert_close(s.alpha(tb) * x0 + s.sigma(tb) * eps, x_t)
+    # Velocity v = alpha' x0 + sigma' eps, reached from and mapped back to every other form.
+    v = s.x0_to_velocity(x0, x_t, t)
+    torch.testing.assert_close(v, s.alpha_dot(tb) * x0 + s.sigma_dot(tb) * eps)
+    torch.testing.assert_close(s.velocity_to_x0(v, x_t, t), x0)
+    torch.testing.assert_close(s.epsilon_to_velocity(eps, x_t, t), v)
+    torch.testing.assert_close(s.velocity_to_epsilon(v, x_t, t), eps)
+    torch.testing.assert_close(s.score_to_velocity(score, x_t, t), v)
+    torch.testing.assert_close(s.velocity_to_score(v, x_t, t), score)
 
 
 def _gaussian_posteriors(s, mu, std):
@@ -168,12 +181,16 @@ def _gaussian_posteriors(s, mu, std):
         _, sig, v, r = parts(x, t)
         return sig * r / v
 
-    return x0, score, eps
+    def velocity(x, t):
+        tb = t.view(-1, *([1] * (x.ndim - 1)))
+        return s.alpha_dot(tb) * x0(x, t) + s.sigma_dot(tb) * eps(x, t)
+
+    return x0, score, eps, velocity
 
 
 @pytest.mark.parametrize("denoising_type", ["ode", "sde"])
-def test_denoisers_from_the_three_predictors_agree_on_gaussian_data(scheduler, denoising_type):
-    x0_p, score_p, eps_p = _gaussian_posteriors(scheduler, mu=0.4, std=1.7)
+def test_denoisers_from_the_four_predictors_agree_on_gaussian_data(scheduler, denoising_type):
+    x0_p, score_p, eps_p, v_p = _gaussian_posteriors(scheduler, mu=0.4, std=1.7)
     t = _times(scheduler, 5)
     x = torch.randn(5, 2, 3, dtype=F64)
     outs = [
@@ -182,18 +199,19 @@ def test_denoisers_from_the_three_predictors_agree_on_gaussian_data(scheduler, d
             ("x0_predictor", x0_p),
             ("score_predictor", score_p),
             ("epsilon_predictor", eps_p),
+            ("velocity_predictor", v_p),
         )
     ]
     assert all(isinstance(scheduler.get_denoiser(x0_predictor=x0_p), Denoiser) for _ in "x")
-    torch.testing.assert_close(outs[1], outs[0])
-    torch.testing.assert_close(outs[2], outs[0])
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0])
 
 
 def test_ode_rhs_transports_the_gaussian_marginals(scheduler):
     """Probability flow of N(mu, std^2) data: x_t = a mu + sqrt(v) z, so the exact rhs is
     a' mu + v' / (2 v) (x - a mu) with v = a^2 std^2 + sigma^2 (Song et al. 2021, eq. 13)."""
     mu, std = 0.4, 1.7
-    x0_p, _, _ = _gaussian_posteriors(scheduler, mu, std)
+    x0_p, _, _, _ = _gaussian_posteriors(scheduler, mu, std)
     t = _times(scheduler, 5)
     x = torch.randn(5, 2, 3, dtype=F64)
     tb = t.view(-1, 1, 1)
@@ -206,7 +224,7 @@ def test_ode_rhs_transports_the_gaussian_marginals(scheduler):
 
 
 def test_sde_rhs_is_twice_ode_rhs_minus_drift(scheduler):
-    x0_p, _, _ = _gaussian_posteriors(scheduler, mu=-0.3, std=0.8)
+    x0_p, _, _, _ = _gaussian_posteriors(scheduler, mu=-0.3, std=0.8)
     t = _times(scheduler, 4)
     x = torch.randn(4, 6, dtype=F64)
     ode = scheduler.get_denoiser(x0_predictor=x0_p)(x, t)

@@ -5,10 +5,14 @@ import torch
 
 from hpcdiff.diffusion.samplers import (
     SOLVERS,
+    AdaptiveSolver,
+    DPMPlusPlus2MUniC2,
     DPMSolverPlusPlus2M,
     EDMStochasticEulerSolver,
+    EDMStochasticExponentialEulerSolver,
     EDMStochasticHeunSolver,
     EulerSolver,
+    ExponentialEulerSolver,
     HeunSolver,
     sample,
 )
@@ -64,6 +68,10 @@ def test_registry_names():
         "edm_stochastic_heun": EDMStochasticHeunSolver,
         "dpm++2m": DPMSolverPlusPlus2M,
         "dpmpp_2m": DPMSolverPlusPlus2M,
+        "dpmpp_2m_unic": DPMPlusPlus2MUniC2,
+        "exponential_euler": ExponentialEulerSolver,
+        "edm_stochastic_exponential_euler": EDMStochasticExponentialEulerSolver,
+        "adaptive": AdaptiveSolver,
     }
 
 

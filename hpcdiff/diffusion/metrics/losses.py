@@ -33,22 +33,30 @@ def _identity_x0(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -
 
 
 def _to_x0_fn(
-    prediction_type: PredictorType, score_to_x0_fn: ToX0Fn | None, epsilon_to_x0_fn: ToX0Fn | None
+    prediction_type: PredictorType,
+    score_to_x0_fn: ToX0Fn | None,
+    epsilon_to_x0_fn: ToX0Fn | None,
+    velocity_to_x0_fn: ToX0Fn | None = None,
 ) -> ToX0Fn:
     """The map (prediction, x_t, t) -> x0_hat for a model that predicts ``prediction_type``."""
     if prediction_type == "x0":
         return _identity_x0
-    if prediction_type == "score":
-        if score_to_x0_fn is None:
-            raise ValueError("score_to_x0_fn must be provided when prediction_type='score'.")
-        return score_to_x0_fn
-    if prediction_type == "epsilon":
-        if epsilon_to_x0_fn is None:
-            raise ValueError("epsilon_to_x0_fn must be provided when prediction_type='epsilon'.")
-        return epsilon_to_x0_fn
-    raise ValueError(
-        f"prediction_type must be 'x0', 'score', or 'epsilon', got '{prediction_type}'."
-    )
+    converters = {
+        "score": score_to_x0_fn,
+        "epsilon": epsilon_to_x0_fn,
+        "velocity": velocity_to_x0_fn,
+    }
+    if prediction_type not in converters:
+        raise ValueError(
+            "prediction_type must be 'x0', 'score', 'epsilon', or 'velocity', "
+            f"got '{prediction_type}'."
+        )
+    fn = converters[prediction_type]
+    if fn is None:
+        raise ValueError(
+            f"{prediction_type}_to_x0_fn must be provided when prediction_type='{prediction_type}'."
+        )
+    return fn
 
 
 def _reduction_fn(reduction: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -68,10 +76,13 @@ class _DSMLoss:
         score_to_x0_fn: ToX0Fn | None = None,
         epsilon_to_x0_fn: ToX0Fn | None = None,
         reduction: Reduction = "mean",
+        velocity_to_x0_fn: ToX0Fn | None = None,
     ) -> None:
         self.model = model
         self.noise_scheduler = noise_scheduler
-        self._to_x0 = _to_x0_fn(prediction_type, score_to_x0_fn, epsilon_to_x0_fn)
+        self._to_x0 = _to_x0_fn(
+            prediction_type, score_to_x0_fn, epsilon_to_x0_fn, velocity_to_x0_fn
+        )
         self._reduce = _reduction_fn(reduction)
 
     def _x0_error(
@@ -97,9 +108,12 @@ class MSEDSMLoss(_DSMLoss):
     """Mean-squared denoising score matching, w(t) (x0_hat(x_t, t) - x0)^2 (Karras et al. 2022).
 
     The model's output is turned into x0_hat according to ``prediction_type``: used as is for
-    ``"x0"``, through ``score_to_x0_fn(score, x_t, t)`` for ``"score"`` and through
-    ``epsilon_to_x0_fn(epsilon, x_t, t)`` for ``"epsilon"`` (e.g. the scheduler's
-    ``score_to_x0`` / ``epsilon_to_x0``).
+    ``"x0"``, through ``score_to_x0_fn(score, x_t, t)`` for ``"score"``,
+    ``epsilon_to_x0_fn(epsilon, x_t, t)`` for ``"epsilon"`` and
+    ``velocity_to_x0_fn(velocity, x_t, t)`` for ``"velocity"`` (e.g. the scheduler's
+    ``score_to_x0`` / ``epsilon_to_x0`` / ``velocity_to_x0``). With
+    :class:`~hpcdiff.diffusion.noise_schedulers.RectifiedFlowNoiseScheduler` (weight 1 / t^2)
+    and ``"velocity"`` this is the flow matching loss |v_hat - v|^2.
 
     Parameters
     ----------
@@ -107,11 +121,13 @@ class MSEDSMLoss(_DSMLoss):
         Network ``model(x_t, t, condition=None, **kw)``, e.g. a preconditioned backbone.
     noise_scheduler : NoiseScheduler
         Supplies ``sample_time``, ``add_noise`` and ``loss_weight``.
-    prediction_type : {"x0", "score", "epsilon"}, default "x0"
+    prediction_type : {"x0", "score", "epsilon", "velocity"}, default "x0"
     score_to_x0_fn, epsilon_to_x0_fn : callable, optional
         Required for ``prediction_type`` ``"score"`` and ``"epsilon"`` respectively.
     reduction : {"none", "mean", "sum"}, default "mean"
         ``"none"`` returns the per-element loss of shape (B, *).
+    velocity_to_x0_fn : callable, optional
+        Required for ``prediction_type="velocity"``.
 
     Examples
     --------

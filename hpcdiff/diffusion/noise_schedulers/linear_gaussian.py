@@ -9,8 +9,13 @@ from typing import Any, Literal
 import torch
 
 from hpcdiff.diffusion._tensor import bcast
-from hpcdiff.diffusion.base import Denoiser, Predictor
-from hpcdiff.diffusion.noise_schedulers._denoiser import build_denoiser
+from hpcdiff.diffusion.base import Denoiser, Predictor, PredictorType
+from hpcdiff.diffusion.noise_schedulers._denoiser import (
+    TimeFn,
+    build_denoiser,
+    linear_parts,
+    pick_predictor,
+)
 from hpcdiff.diffusion.noise_schedulers.base import NoiseScheduler
 
 
@@ -20,7 +25,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
     Subclasses define ``sigma``, ``sigma_inv``, ``sigma_dot``, ``alpha``, ``alpha_dot``,
     ``timesteps``, ``sample_time`` and ``loss_weight``. The drift f(x, t) = (alpha'/alpha) x,
     the squared diffusion g^2(t) = 2 sigma' sigma - 2 (alpha'/alpha) sigma^2 (Karras et al.
-    2022, eq. 4 solved for f, g), the x0/score/epsilon conversions, ``add_noise``,
+    2022, eq. 4 solved for f, g), the x0/score/epsilon/velocity conversions, ``add_noise``,
     ``init_latents`` and the probability-flow ODE / reverse SDE rhs of ``get_denoiser`` follow.
 
     >>> import torch
@@ -129,6 +134,69 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         t = bcast(t, x0)
         return (x_t - self.alpha(t) * x0) / self.sigma(t)
 
+    # Velocity v = dx_t/dt = alpha' x0 + sigma' eps (flow matching; Lipman et al. 2023).
+
+    def x0_to_velocity(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Velocity from an x0 estimate: (sigma'/sigma) x_t + (alpha' - alpha sigma'/sigma) x0."""
+        t = bcast(t, x0)
+        rate = self.sigma_dot(t) / self.sigma(t)
+        return rate * x_t + (self.alpha_dot(t) - self.alpha(t) * rate) * x0
+
+    def velocity_to_x0(
+        self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """x0 estimate from a velocity: (sigma' x_t - sigma v) / (sigma' alpha - alpha' sigma)."""
+        t = bcast(t, velocity)
+        sigma, sigma_dot = self.sigma(t), self.sigma_dot(t)
+        det = sigma_dot * self.alpha(t) - self.alpha_dot(t) * sigma
+        return (sigma_dot * x_t - sigma * velocity) / det
+
+    def epsilon_to_velocity(
+        self, epsilon: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Velocity from a noise estimate: (alpha'/alpha) x_t + (sigma' - sigma alpha'/alpha) e."""
+        t = bcast(t, epsilon)
+        rate = self.alpha_dot(t) / self.alpha(t)
+        return rate * x_t + (self.sigma_dot(t) - self.sigma(t) * rate) * epsilon
+
+    def velocity_to_epsilon(
+        self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Noise from a velocity: (alpha v - alpha' x_t) / (alpha sigma' - alpha' sigma)."""
+        t = bcast(t, velocity)
+        alpha, alpha_dot = self.alpha(t), self.alpha_dot(t)
+        det = alpha * self.sigma_dot(t) - alpha_dot * self.sigma(t)
+        return (alpha * velocity - alpha_dot * x_t) / det
+
+    def score_to_velocity(
+        self, score: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Velocity from a score, through epsilon = -sigma score."""
+        return self.epsilon_to_velocity(self.score_to_epsilon(score, t), x_t, t)
+
+    def velocity_to_score(
+        self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Score from a velocity, through score = -epsilon / sigma."""
+        return self.epsilon_to_score(self.velocity_to_epsilon(velocity, x_t, t), t)
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio alpha(t)^2 / sigma(t)^2 (Kingma et al. 2021), elementwise."""
+        return (self.alpha(t) / self.sigma(t)) ** 2
+
+    def get_linear_denoiser(
+        self, prediction_type: PredictorType = "x0"
+    ) -> tuple[TimeFn, TimeFn, TimeFn]:
+        """Split the probability-flow ODE rhs as F(x, t) = a(t) x + b(t) N(x, t).
+
+        N is the ``prediction_type`` estimate; returns ``(bias_fn, bias_int_fn, slope_fn)``
+        = (a, A with A' = a, b), elementwise in t. x0: a = sigma'/sigma, A = log sigma,
+        b = alpha' - alpha sigma'/sigma; epsilon: a = alpha'/alpha, A = log alpha,
+        b = sigma' - sigma alpha'/alpha; score: a, A as epsilon, b = -sigma (sigma' - sigma
+        alpha'/alpha); velocity: a = A = 0, b = 1. Exponential integrators treat a exactly.
+        """
+        return linear_parts(self, prediction_type)
+
     # Training and sampling entry points.
 
     def get_denoiser(
@@ -137,35 +205,30 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         score_predictor: Predictor | None = None,
         x0_predictor: Predictor | None = None,
         epsilon_predictor: Predictor | None = None,
+        velocity_predictor: Predictor | None = None,
         denoising_type: Literal["ode", "sde"] = "ode",
         **kwargs: Any,
     ) -> Denoiser:
         """Reverse-process rhs from exactly one predictor (Song et al. 2021, eqs. 6 and 13).
 
         ODE: dx/dt = f(x, t) - 1/2 g^2(t) s(x, t); SDE drift: f(x, t) - g^2(t) s(x, t), the
-        g dW term being left to the solver. ``s`` is the score, converted from an x0 or epsilon
-        prediction when one of those is given. Extra keyword arguments are ignored.
+        g dW term being left to the solver. ``s`` is the score, converted from an x0, epsilon
+        or velocity prediction when one of those is given (the ODE rhs is the velocity
+        itself). Extra keyword arguments are ignored.
         """
-        given = [p for p in (score_predictor, x0_predictor, epsilon_predictor) if p is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "Exactly one of 'score_predictor', 'x0_predictor' or 'epsilon_predictor' must "
-                f"be provided, got {len(given)}."
-            )
+        kind, predictor = pick_predictor(
+            score_predictor, x0_predictor, epsilon_predictor, velocity_predictor
+        )
         if denoising_type not in ("ode", "sde"):
             raise ValueError(f"denoising_type must be 'ode' or 'sde', got {denoising_type!r}.")
-        if x0_predictor is not None:
-            kind, predictor = "x0", x0_predictor
-        elif epsilon_predictor is not None:
-            kind, predictor = "epsilon", epsilon_predictor
-        else:
-            kind, predictor = "score", score_predictor
         k = 0.5 if denoising_type == "ode" else 1.0
         # Subclasses that override f, g^2 or a conversion get them called term by term.
         folded = all(
             getattr(type(self), name) is getattr(LinearGaussianNoiseScheduler, name)
-            for name in ("drift", "diffusion", "x0_to_score", "epsilon_to_score")
-        )
+            for name in (
+                "drift", "diffusion", "x0_to_score", "epsilon_to_score", "velocity_to_score"
+            )
+        )  # fmt: skip
         return build_denoiser(self, predictor, kind, k, folded=folded)
 
     def add_noise(self, x0: torch.Tensor, time: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Preconditioners: affine input/output scalings wrapped around a diffusion network."""
 
+from hpcdiff.diffusion.preconditioners.flow_matching import FlowMatchingPreconditioner
 from hpcdiff.diffusion.preconditioners.preconditioners import (
     BaseAffinePreconditioner,
     EDMPreconditioner,
@@ -11,6 +12,7 @@ from hpcdiff.diffusion.preconditioners.preconditioners import (
 __all__ = [
     "BaseAffinePreconditioner",
     "EDMPreconditioner",
+    "FlowMatchingPreconditioner",
     "IDDPMPreconditioner",
     "VEPreconditioner",
     "VPPreconditioner",

@@ -1,4 +1,5 @@
-"""DPM-Solver++(2M): the second-order multistep ODE solver of Lu et al. 2022 (data prediction)."""
+"""DPM-Solver++(2M): the second-order multistep ODE solver of Lu et al. 2022 (data prediction),
+with the optional UniC corrector of Zhao et al. 2023 (UniPC)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any, Literal
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
+from hpcdiff.diffusion.samplers._semilinear import unic_moments
 from hpcdiff.diffusion.samplers.base import Solver, per_sample
 
 _NEEDS = {"x0": ("alpha", "sigma"), "ode": ("alpha", "sigma", "alpha_dot", "sigma_dot")}
@@ -33,8 +35,22 @@ class DPMSolverPlusPlus2M(Solver):
     * ``denoiser_type="x0"``: ``denoiser`` is an x0-predictor ``(x, t) -> x0`` (two memory
       passes per step fewer). Its output is kept, not copied, until the next step.
 
-    The multistep history lives in the solver; :meth:`reset` clears it. Reusing an instance
-    is safe without it: history is only used where ``t_cur`` equals the previous ``t_next``.
+    ``corrector="unic"`` adds UniC-2 (Zhao et al. 2023): the predicted ``x_next`` is
+    evaluated, ``D' = D(x_pred, t_next)``, and the step is redone with D fitted through
+    ``D_{n+1}, D_n, D'`` as a quadratic in lambda, whose exponential integral is exact:
+    ``x_next = sigma_next / sigma_cur x + alpha_next (I_0 D_n + c_old (D_{n+1} - D_n)
+    + c_new (D' - D_n))``, ``c_old = (m2 - m1) / (rho (rho + 1))``,
+    ``c_new = (rho m1 + m2) / (rho + 1)``, ``rho = h_prev / h``, with ``m1, m2`` the
+    normalized moments of ``unic_moments`` (third order). The first step, steps that do not
+    continue the previous one and steps to ``sigma = 0`` stay uncorrected. ``D'`` is reused as
+    the next step's ``D_n``, so it still costs one call per step, plus one on the first (the
+    step to ``t = 0`` evaluates at ``t_cur`` and discards it, so the call count never depends
+    on the grid's values).
+
+    The multistep history lives in the solver; :meth:`reset` clears it (:func:`sample` does so
+    before integrating). Without the corrector, reusing an instance is safe without it:
+    history is only used where ``t_cur`` equals the previous ``t_next``. With it, consecutive
+    calls must continue one trajectory.
 
     Parameters
     ----------
@@ -45,6 +61,8 @@ class DPMSolverPlusPlus2M(Solver):
         :func:`sample` passes its own scheduler when the solver is chosen by name.
     denoiser_type : {"ode", "x0"}
         What ``denoiser`` returns. Default ``"ode"``.
+    corrector : {None, "unic"}
+        Optional UniC-2 corrector. Default None.
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import DPMSolverPlusPlus2M
@@ -61,9 +79,12 @@ class DPMSolverPlusPlus2M(Solver):
         denoiser: Denoiser,
         noise_scheduler: Any,
         denoiser_type: Literal["ode", "x0"] = "ode",
+        corrector: Literal["unic"] | None = None,
     ) -> None:
         if denoiser_type not in _NEEDS:
             raise ValueError(f"denoiser_type must be 'ode' or 'x0', got {denoiser_type!r}")
+        if corrector not in (None, "unic"):
+            raise ValueError(f"corrector must be None or 'unic', got {corrector!r}")
         missing = [
             m for m in _NEEDS[denoiser_type] if not callable(getattr(noise_scheduler, m, None))
         ]
@@ -75,13 +96,20 @@ class DPMSolverPlusPlus2M(Solver):
         self.denoiser = denoiser
         self.noise_scheduler = noise_scheduler
         self.denoiser_type = denoiser_type
+        self.corrector = corrector
         self.reset()
+
+    @staticmethod
+    def scheduler_defaults(noise_scheduler: Any) -> dict[str, Any]:
+        """Options :func:`sample` adds when built by name: its ``noise_scheduler``."""
+        return {"noise_scheduler": noise_scheduler}
 
     def reset(self) -> None:
         """Forget the multistep history (the next step is first order)."""
         self._x0_prev: torch.Tensor | None = None  # D_{n+1}, (B, *)
         self._h_prev: torch.Tensor | None = None  # (B, 1, ..., 1)
         self._t_end: torch.Tensor | None = None  # t_next of the previous step, (B, 1, ..., 1)
+        self._x0_end: torch.Tensor | None = None  # UniC: D at the previous predicted x_next
 
     def _predict_x0(self, x: torch.Tensor, t_cur: torch.Tensor, t_bc: torch.Tensor) -> torch.Tensor:
         """x0 estimate at (x, t_cur): the denoiser's output, or the inverted ODE rhs."""
@@ -90,8 +118,8 @@ class DPMSolverPlusPlus2M(Solver):
         sch = self.noise_scheduler
         alpha, sigma = sch.alpha(t_bc), sch.sigma(t_bc)
         sigma_rate = sch.sigma_dot(t_bc) / sigma  # sigma' / sigma
-        lambda_dot = sch.alpha_dot(t_bc) / alpha - sigma_rate
-        p = 1.0 / (alpha * lambda_dot)
+        # alpha lambda' = alpha' - alpha sigma'/sigma, finite where alpha = 0 (flow matching t = 1)
+        p = 1.0 / (sch.alpha_dot(t_bc) - alpha * sigma_rate)
         return torch.mul(self.denoiser(x, t_cur), p).addcmul_(-sigma_rate * p, x)
 
     def _history_usable(self, x: torch.Tensor) -> bool:
@@ -113,9 +141,15 @@ class DPMSolverPlusPlus2M(Solver):
         # h = lambda_next - lambda_cur with lambda = log(alpha / sigma); +inf when sigma_next = 0.
         h = torch.log((alpha_next * sigma_cur) / (sigma_next * alpha_cur))
         c = -alpha_next * torch.expm1(-h)  # alpha_next (1 - exp(-h)); alpha_next for h = inf
-        x0 = self._predict_x0(x, t_cur, t_cur_bc)  # D_n, (B, *)
-        x_next = torch.mul(x, sigma_next / sigma_cur)
-        if self._history_usable(x):
+        usable = self._history_usable(x)
+        if usable and self.corrector is not None:
+            x0 = self._x0_end  # D_n, evaluated by the previous step's corrector
+        else:
+            x0 = self._predict_x0(x, t_cur, t_cur_bc)  # D_n, (B, *)
+        ratio = sigma_next / sigma_cur
+        x_next = torch.mul(x, ratio)
+        second = None
+        if usable:
             # k = 1/(2r) = h / (2 h_prev) where this step continues the previous one, else 0;
             # D = (1 + k) D_n - k D_{n+1}.
             second = (t_cur_bc == self._t_end) & (sigma_next > 0) & (self._h_prev != 0)
@@ -123,5 +157,65 @@ class DPMSolverPlusPlus2M(Solver):
             x_next.addcmul_(c * (1 + k), x0).addcmul_(-c * k, self._x0_prev)
         else:
             x_next.addcmul_(c, x0)
+        if self.corrector is not None:
+            x_next = self._unic(x, x_next, x0, t_cur, t_next, ratio, h, c, sigma_next, second)
         self._x0_prev, self._h_prev, self._t_end = x0, h, t_next_bc
         return x_next
+
+    def _unic(
+        self,
+        x: torch.Tensor,
+        x_pred: torch.Tensor,
+        x0: torch.Tensor,
+        t_cur: torch.Tensor,
+        t_next: torch.Tensor,
+        ratio: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        sigma_next: torch.Tensor,
+        second: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """UniC-2 correction of the predicted ``x_pred`` (B, *); caches D' for the next step."""
+        end = sigma_next > 0  # (B, 1, ..., 1); D is evaluated at t_next only where regular
+        t_eval = torch.where(end.reshape(-1), t_next, t_cur)
+        x0_end = self._predict_x0(x_pred, t_eval, per_sample(t_eval, x_pred))  # D', (B, *)
+        self._x0_end = x0_end
+        if second is None:  # first step: nothing to fit yet, D' only seeds the next step
+            return x_pred
+        # The quadratic fit needs finite steps h_prev, h (lambda = -inf at alpha = 0).
+        second = second & torch.isfinite(self._h_prev) & torch.isfinite(h)
+        h_safe = torch.where(second, h, torch.ones_like(h))
+        m1, m2 = unic_moments(h_safe)
+        rho = torch.where(second, self._h_prev, h_safe) / h_safe
+        alpha_next = self.noise_scheduler.alpha(per_sample(t_next, x))
+        zero = torch.zeros_like(h)
+        c_old = torch.where(second, alpha_next * (m2 - m1) / (rho * (rho + 1)), zero)
+        c_new = torch.where(second, alpha_next * (rho * m1 + m2) / (rho + 1), zero)
+        x_next = torch.mul(x, ratio).addcmul_(c - c_old - c_new, x0)
+        return x_next.addcmul_(c_new, x0_end).addcmul_(c_old, self._x0_prev)
+
+
+class DPMPlusPlus2MUniC2(DPMSolverPlusPlus2M):
+    """DPM-Solver++(2M) predictor with the UniC-2 corrector (Zhao et al. 2023): the
+    :class:`DPMSolverPlusPlus2M` with ``corrector="unic"``; third order, one call per step.
+
+    >>> import torch
+    >>> from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler
+    >>> from hpcdiff.diffusion.samplers import DPMPlusPlus2MUniC2, sample
+    >>> edm = EDMNoiseScheduler()
+    >>> solver = DPMPlusPlus2MUniC2(lambda x, t: 0.5 * x, edm, denoiser_type="x0")
+    >>> sample(lambda x, t: 0.5 * x, torch.ones(1, 2), edm, 4, solver=solver).shape
+    torch.Size([1, 2])
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        noise_scheduler: Any,
+        denoiser_type: Literal["ode", "x0"] = "ode",
+    ) -> None:
+        super().__init__(denoiser, noise_scheduler, denoiser_type, corrector="unic")
+
+
+DPMPlusPlus2M = DPMSolverPlusPlus2M
+"""Reference name of :class:`DPMSolverPlusPlus2M` (same class)."""

@@ -8,11 +8,16 @@ import torch
 
 from hpcdiff.diffusion.base import Denoiser
 from hpcdiff.diffusion.noise_schedulers.base import NoiseScheduler
+from hpcdiff.diffusion.samplers.adaptive import AdaptiveSolver
 from hpcdiff.diffusion.samplers.base import Solver
-from hpcdiff.diffusion.samplers.dpm_solver import DPMSolverPlusPlus2M
+from hpcdiff.diffusion.samplers.dpm_solver import DPMPlusPlus2MUniC2, DPMSolverPlusPlus2M
 from hpcdiff.diffusion.samplers.edm_stochastic_euler import EDMStochasticEulerSolver
 from hpcdiff.diffusion.samplers.edm_stochastic_heun import EDMStochasticHeunSolver
 from hpcdiff.diffusion.samplers.euler import EulerSolver
+from hpcdiff.diffusion.samplers.exponential import (
+    EDMStochasticExponentialEulerSolver,
+    ExponentialEulerSolver,
+)
 from hpcdiff.diffusion.samplers.heun import HeunSolver
 
 SOLVERS: dict[str, type[Solver]] = {
@@ -22,11 +27,26 @@ SOLVERS: dict[str, type[Solver]] = {
     "edm_stochastic_heun": EDMStochasticHeunSolver,
     "dpm++2m": DPMSolverPlusPlus2M,
     "dpmpp_2m": DPMSolverPlusPlus2M,
+    "dpmpp_2m_unic": DPMPlusPlus2MUniC2,
+    "exponential_euler": ExponentialEulerSolver,
+    "edm_stochastic_exponential_euler": EDMStochasticExponentialEulerSolver,
+    "adaptive": AdaptiveSolver,
 }
-"""Solvers :func:`sample` builds by name as ``SOLVERS[name](denoiser, **solver_options)``."""
+"""Solvers :func:`sample` builds by name as ``SOLVERS[name](denoiser, **options)``, the options
+being ``cls.scheduler_defaults(noise_scheduler)`` (when the class has it) updated with
+``solver_options``."""
 
 SolverName = Literal[
-    "euler", "heun", "edm_stochastic_euler", "edm_stochastic_heun", "dpm++2m", "dpmpp_2m"
+    "euler",
+    "heun",
+    "edm_stochastic_euler",
+    "edm_stochastic_heun",
+    "dpm++2m",
+    "dpmpp_2m",
+    "dpmpp_2m_unic",
+    "exponential_euler",
+    "edm_stochastic_exponential_euler",
+    "adaptive",
 ]
 
 
@@ -42,8 +62,9 @@ def _make_solver(
             available = ", ".join(f'"{k}"' for k in SOLVERS)
             raise ValueError(f"Unknown solver '{solver}'. Available solvers: {available}.")
         solver_cls = SOLVERS[solver]
-        if solver_cls is DPMSolverPlusPlus2M:
-            solver_options = {"noise_scheduler": noise_scheduler, **solver_options}
+        defaults = getattr(solver_cls, "scheduler_defaults", None)
+        if defaults is not None:
+            solver_options = {**defaults(noise_scheduler), **solver_options}
         return solver_cls(denoiser, **solver_options)
     if solver_options:
         raise ValueError(
@@ -82,8 +103,10 @@ def sample(
     num_steps : int
         Number of steps; ignored when ``time_steps`` is given.
     solver : str or Solver
-        A name in :data:`SOLVERS` (built with ``solver_options``; ``"dpm++2m"`` also gets
-        ``noise_scheduler``) or a ready solver. Default ``"heun"``.
+        A name in :data:`SOLVERS` (built with ``solver_options``; the DPM-Solver++ and
+        exponential solvers also get what they need from ``noise_scheduler``) or a ready
+        solver, whose ``reset()`` (multistep history, counters), if any, is called first.
+        Default ``"heun"``.
     time_steps : Tensor, optional
         Explicit grid ``(N + 1,)``, decreasing; end with 0 for a fully denoised sample.
     solver_options : dict, optional
@@ -109,6 +132,9 @@ def sample(
     True
     """
     solver_ = _make_solver(solver, denoiser, noise_scheduler, solver_options or {})
+    reset = getattr(solver_, "reset", None)
+    if callable(reset):
+        reset()
     if time_steps is not None:
         t_steps = time_steps.to(device=xN.device, dtype=xN.dtype)
     else:
