@@ -26,14 +26,14 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"hpcdiff train: {err}", file=sys.stderr)
         return 2
-    from hpcdiff.config import to_dict
+    from hpcdiff.data.errors import DataError
     from hpcdiff.train.loop import train
 
-    if args.dry_run:
-        import yaml
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    train(cfg, dry_run=args.dry_run)
+    try:
+        train(cfg, dry_run=args.dry_run)
+    except (ConfigError, DataError) as err:  # found once files are opened: bad input, exit 2
+        print(f"hpcdiff train: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -97,6 +97,7 @@ class SampleConfig:
     chunk_size: int | None = None
     window: Literal["uniform", "cosine"] = "uniform"
     seed: int = 0
+    domain_grid: tuple[int, int] = (1, 1)  # tiles (py, px) per sample; world = groups x py px
 
 
 @dataclass

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from hpcdiff import nvtx
-from hpcdiff.config import write_yaml
+from hpcdiff.config import to_dict, write_yaml
 from hpcdiff.data import Batch, DataStream
 from hpcdiff.distributed import (
     ShardedEMA,
@@ -64,12 +65,16 @@ def build_objective(cfg: TrainConfig, grid_shape: tuple[int, int]) -> DiffusionO
     )
 
 
+def _numel(p: torch.nn.Parameter) -> int:
+    return getattr(p, "ds_numel", p.numel())  # whole size, also when ZeRO-3 partitioned it
+
+
 def describe(cfg: TrainConfig, objective: DiffusionObjective, world: int) -> dict:
     """What ``--dry-run`` prints: parameter counts and the ZeRO memory estimate per rank."""
-    n = objective.num_parameters(trainable_only=True)
+    n = sum(_numel(p) for p in objective.parameters() if p.requires_grad)
     mem = estimate_zero_memory(n, cfg.zero.stage, world, cfg.zero.precision)
     return {
-        "parameters": objective.num_parameters(),
+        "parameters": sum(_numel(p) for p in objective.parameters()),
         "trainable_parameters": n,
         "backbone": cfg.model.name,
         "zero_stage": cfg.zero.stage,
@@ -78,18 +83,26 @@ def describe(cfg: TrainConfig, objective: DiffusionObjective, world: int) -> dic
     }
 
 
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision compute for ``zero.precision`` bf16/fp16 (the engine holds low-precision
+    weights; inputs and the noisy state stay float32, the convolutions run in low precision)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 @torch.no_grad()
 def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, world: int):
     """Mean DSM loss over ``run.val_batches`` validation batches with fixed noise."""
     losses = []
     engine.eval()
+    forked = [device] if device.type == "cuda" else []  # manual_seed reseeds CUDA too
     with contextlib.closing(DataStream(cfg.data, split="valid", dp_rank=rank, dp_size=world)) as s:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=forked), autocast(device, cfg.zero.precision):
             torch.manual_seed(cfg.run.seed + 12345 + rank)
             for _, batch in zip(range(cfg.run.val_batches), s):
                 batch = batch.to(device)
                 loss_map = engine(batch.data, batch.mask.float(), condition_of(batch))
-                losses.append(loss_map.mean())
+                losses.append(loss_map.float().mean())
     engine.train()
     local = torch.stack(losses).mean() if losses else torch.zeros((), device=device)
     return mean_over_ranks(local).item()
@@ -102,9 +115,6 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if cfg.profiling.nvtx:
         nvtx.enable("torch" if device.type == "cuda" else "nvtx")
     run_dir = cfg.run.dir
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(cfg, run_dir / "config.yaml")
 
     # Data: this rank's share of the training times (whole-domain samples).
     stream = DataStream(cfg.data, split="train", dp_rank=rank, dp_size=world)
@@ -116,9 +126,13 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if dry_run:
         stream.close()
         if rank == 0:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             print(json.dumps(summary, indent=1))
         shutdown()
         return run_dir
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(cfg, run_dir / "config.yaml")  # the config this (re)start runs with
 
     # Engine (ZeRO-sharded optimizer state / gradients / parameters), EMA, resume.
     engine = build_engine(objective, cfg.zero, cfg.optim, cfg.data.batch_size, ctx)
@@ -133,7 +147,8 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         restore_rng_state(extra["rng"])
     else:
         torch.manual_seed(cfg.run.seed * 100_003 + rank + 1)  # distinct noise per rank
-    global_batch = cfg.data.batch_size * world
+    accum = cfg.zero.grad_accum_steps
+    global_batch = cfg.data.batch_size * world * accum  # samples per optimizer step
     patches_per_step = global_batch * cfg.data.patches_per_sample
     logger = MetricsLogger(run_dir, rank, cfg.run.steps, start)
     if rank == 0:
@@ -142,22 +157,23 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     t_last, steps_since = time.perf_counter(), 0
     for step in range(start, cfg.run.steps):
         with nvtx.range("train.step"):
-            # Fetch the next batch of whole-domain samples.
-            with nvtx.range("train.data"):
-                batch = next(stream).to(device, non_blocking=True)
-                condition = condition_of(batch)
             lr = lr_at(step, cfg.run.steps, cfg.optim)
             set_lr(engine.optimizer, lr)
+            for _ in range(accum):  # DeepSpeed applies the update after the last micro-batch
+                # Fetch the next batch of whole-domain samples.
+                with nvtx.range("train.data"):
+                    batch = next(stream).to(device, non_blocking=True)
+                    condition = condition_of(batch)
 
-            # Forward: random patches, per-patch times and noise, per-patch loss map.
-            with nvtx.range("train.forward"):
-                loss_map = engine(batch.data, batch.mask.float(), condition)
-            with nvtx.range("train.loss"):
-                loss = loss_map.mean()
-            with nvtx.range("train.backward"):
-                engine.backward(loss)
-            with nvtx.range("train.optim"):
-                engine.step()
+                # Forward: random patches, per-patch times and noise, per-patch loss map.
+                with nvtx.range("train.forward"), autocast(device, cfg.zero.precision):
+                    loss_map = engine(batch.data, batch.mask.float(), condition)
+                with nvtx.range("train.loss"):
+                    loss = loss_map.float().mean()
+                with nvtx.range("train.backward"):
+                    engine.backward(loss)
+                with nvtx.range("train.optim"):
+                    engine.step()
 
             # Update EMA.
             if ema is not None:
@@ -169,7 +185,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
 
         # Log (losses averaged over ranks).
         if done % cfg.run.log_every == 0 or done == cfg.run.steps:
-            per_channel = mean_over_ranks(loss_map.detach().mean(dim=(0, 2, 3)))
+            per_channel = mean_over_ranks(loss_map.detach().float().mean(dim=(0, 2, 3)))
             elapsed = time.perf_counter() - t_last
             logger.log({
                 "step": done,
@@ -189,6 +205,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
                 extra = {"data": stream.state_dict(), "rng": capture_rng_state(),
                          "samples_seen": samples_seen}  # fmt: skip
                 save_checkpoint(engine, ckpt_dir, done, ema, extra, cfg.checkpoint.keep_last)
+            t_last = time.perf_counter()  # throughput excludes checkpoint time
 
         # Validate with the EMA weights.
         if cfg.run.val_every and (done % cfg.run.val_every == 0 or done == cfg.run.steps):
@@ -197,6 +214,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
                 with swap:
                     val = validation_loss(engine, cfg, device, rank, world)
                 logger.log({"step": done, "val_loss": val})
+            t_last = time.perf_counter()
 
     stream.close()
     logger.close()

@@ -7,6 +7,7 @@ peak allocated device memory.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -37,7 +38,14 @@ class MetricsLogger:
         self._bar = None
         self._file = None
         if self.active:
-            self._file = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
+            path = Path(run_dir) / "metrics.jsonl"
+            if path.exists():  # a resumed run: forget what was logged after its checkpoint
+                rows = path.read_text().splitlines()
+                kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= start_step]
+                tmp = path.with_name(".metrics.jsonl.tmp")
+                tmp.write_text("".join(f"{r}\n" for r in kept))
+                os.replace(tmp, path)
+            self._file = open(path, "a", buffering=1)
             if sys.stderr.isatty():
                 from tqdm import tqdm
 

@@ -98,3 +98,18 @@ def test_dry_run_prints_counts_and_bad_config_names_the_key(workdir):
     bad = _hpcdiff(workdir, "train", "--config", "tiny.yaml", "optim.lrr=1", check=False)
     assert bad.returncode == 2
     assert "config key 'optim.lrr' is unknown" in bad.stderr
+
+
+def test_bf16_gradient_accumulation_and_metrics_after_resume(workdir):
+    """zero.precision=bf16 trains under autocast; grad_accum counts optimizer steps; a resumed
+    run keeps one metrics row per step."""
+    args = ("train", "--config", "tiny.yaml", "run.name=accum", "zero.precision=bf16",
+            "zero.grad_accum_steps=2", "zero.stage=2")  # fmt: skip
+    _hpcdiff(workdir, *args, "run.steps=2")
+    _hpcdiff(workdir, *args, "checkpoint.resume=latest")
+    run = workdir / "runs" / "accum"
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert all(r["samples_per_s"] > 0 for r in rows if "loss" in r)
+    # checkpoints are numbered by optimizer steps, not micro-batches
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step_000000004"
