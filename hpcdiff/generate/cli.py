@@ -9,8 +9,10 @@ import sys
 from hpcdiff.config import ConfigError
 
 EXAMPLES = """examples:
-  hpcdiff sample --run runs/quickstart
-  hpcdiff sample --run runs/quickstart sample.ensemble=8 sample.num_steps=32 sample.solver=euler
+  hpcdiff sample runs/quickstart
+  hpcdiff sample runs/quickstart sample.ensemble=8 sample.num_steps=32 sample.solver=euler
+  # the domain split into 2 x 2 tiles over 4 ranks (same result as 1 rank)
+  torchrun --nproc-per-node 4 -m hpcdiff sample runs/quickstart sample.domain_grid=[2,2]
 """
 
 
@@ -18,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     from hpcdiff.generate.sample import generate
 
     try:
-        result = generate(args.run, args.overrides)
+        result = generate(args.run_dir, args.overrides)
     except (ConfigError, FileNotFoundError) as err:
         print(f"hpcdiff sample: {err}", file=sys.stderr)
         return 2
@@ -35,7 +37,8 @@ def register(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", required=True, help="run directory written by `hpcdiff train`")
+    # Positional: torchrun's own parser would take `--run` for its `--run-path`.
+    p.add_argument("run_dir", help="run directory written by `hpcdiff train`")
     p.add_argument(
         "overrides",
         nargs="*",

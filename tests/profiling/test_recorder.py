@@ -16,7 +16,7 @@ def recorded(tiny_run, summarize):
     train = run([PROFILING / "nvtx_record", "--out", "logs/train", "--", *TORCHRUN, "-m", "hpcdiff",
          "train", "--config", "tiny.yaml", "profiling.nvtx=true"], cwd=tiny_run)  # fmt: skip
     sample = run([PROFILING / "nvtx_record", "--out", "logs/sample", "--", "hpcdiff", "sample",
-                  "--run", "runs/tiny"], cwd=tiny_run)  # fmt: skip
+                  "runs/tiny"], cwd=tiny_run)  # fmt: skip
     return {
         "train": summarize.read_recorder_dir(tiny_run / "logs" / "train"),
         "sample": summarize.read_recorder_dir(tiny_run / "logs" / "sample"),

@@ -76,7 +76,7 @@ def test_two_ranks_zero3_then_sample_writes_netcdf_and_plots(workdir):
     run = workdir / "runs" / "zero3"
     assert sorted(_losses(run)) == [1, 2]
     assert yaml.safe_load((run / "config.yaml").read_text())["zero"]["stage"] == 3
-    out = _hpcdiff(workdir, "sample", "--run", str(run))
+    out = _hpcdiff(workdir, "sample", str(run))
     result = json.loads(out.stdout[out.stdout.index("{") :])
     import netCDF4
     import numpy as np
