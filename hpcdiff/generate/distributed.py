@@ -313,7 +313,7 @@ def _load_collectively(ckpt: Path, output: Path, rank: int) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         path = output if rank == 0 else Path(tmp) / output.name
         consolidate_checkpoint(ckpt, path, weights="auto")
-        return DiffusionObjective.from_checkpoint(path).eval()
+        return DiffusionObjective.from_checkpoint(path).train(False)
 
 
 def _sample_valid_times(objective: Any, cfg: Any, device: torch.device) -> tuple:

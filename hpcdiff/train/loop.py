@@ -94,7 +94,7 @@ def autocast(device: torch.device, precision: str):
 def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, world: int):
     """Mean DSM loss over ``run.val_batches`` validation batches with fixed noise."""
     losses = []
-    engine.eval()
+    engine.train(False)  # evaluation mode (dropout off)
     forked = [device] if device.type == "cuda" else []  # manual_seed reseeds CUDA too
     with contextlib.closing(DataStream(cfg.data, split="valid", dp_rank=rank, dp_size=world)) as s:
         with torch.random.fork_rng(devices=forked), autocast(device, cfg.zero.precision):
