@@ -113,3 +113,22 @@ def test_bf16_gradient_accumulation_and_metrics_after_resume(workdir):
     assert all(r["samples_per_s"] > 0 for r in rows if "loss" in r)
     # checkpoints are numbered by optimizer steps, not micro-batches
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step_000000004"
+
+
+@pytest.mark.slow
+def test_quickstart_script_runs_end_to_end(tmp_path):
+    """The README's quickstart command path (scripts/quickstart.sh), shortened by overrides."""
+    env = {**os.environ, "HPCDIFF_WORKDIR": str(tmp_path), "VENV": str(BIN.parent)}
+    overrides = ["run.steps=2", "run.val_every=0", "sample.num_steps=2", "sample.ensemble=1"]
+    out = subprocess.run([ROOT / "scripts" / "quickstart.sh", *overrides], env=env,
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = tmp_path / "runs" / "quickstart"
+    assert (run / "samples" / "samples.nc").stat().st_size > 0
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
+        "t2m.png",
+        "tp.png",
+        "u10.png",
+        "v10.png",
+    ]
+    assert (run / "model.mdlus").is_file() and f"{run}/" in out.stdout
