@@ -23,29 +23,33 @@ def write_netcdf(
 
     tmp = path.with_name(f".{path.name}.tmp")
     E, T, _, H, W = ens.shape
-    with netCDF4.Dataset(tmp, "w") as nc:
-        nc.Conventions = "CF-1.8"
-        nc.title = "hpcdiff generated ensemble"
-        for name, size in (("member", E), ("time", T), ("y", H), ("x", W)):
-            nc.createDimension(name, size)
-        t = nc.createVariable("time", "f8", ("time",))
-        t.units, t.calendar, t.standard_name = EPOCH, source.calendar, "time"
-        t[:] = source.times[np.asarray(times)]
-        for axis, coord in (("y", source.y_coord), ("x", source.x_coord)):
-            var = nc.createVariable(axis, "f8", (axis,))
-            var.axis = axis.upper()
-            var[:] = np.arange(H if axis == "y" else W) if coord is None else coord
-        nc.createVariable("member", "i4", ("member",))[:] = np.arange(E)
-        for c, name in enumerate(variables):
-            v = nc.createVariable(name, "f4", ("member", "time", "y", "x"), zlib=True,
-                                  chunksizes=(1, 1, min(H, 256), min(W, 256)))  # fmt: skip
-            v.long_name = f"generated {name}"
-            v[:] = ens[:, :, c]
-            tv = nc.createVariable(f"{name}_truth", "f4", ("time", "y", "x"), zlib=True,
-                                   fill_value=np.float32(np.nan))  # fmt: skip
-            tv.long_name = f"target {name}"
-            tv[:] = truth[:, c]
-    os.replace(tmp, path)
+    try:
+        with netCDF4.Dataset(tmp, "w") as nc:
+            nc.Conventions = "CF-1.8"
+            nc.title = "hpcdiff generated ensemble"
+            for name, size in (("member", E), ("time", T), ("y", H), ("x", W)):
+                nc.createDimension(name, size)
+            t = nc.createVariable("time", "f8", ("time",))
+            t.units, t.calendar, t.standard_name = EPOCH, source.calendar, "time"
+            t[:] = source.times[np.asarray(times)]
+            for axis, coord in (("y", source.y_coord), ("x", source.x_coord)):
+                var = nc.createVariable(axis, "f8", (axis,))
+                var.axis = axis.upper()
+                var[:] = np.arange(H if axis == "y" else W) if coord is None else coord
+            nc.createVariable("member", "i4", ("member",))[:] = np.arange(E)
+            for c, name in enumerate(variables):
+                v = nc.createVariable(name, "f4", ("member", "time", "y", "x"), zlib=True,
+                                      chunksizes=(1, 1, min(H, 256), min(W, 256)))  # fmt: skip
+                v.long_name = f"generated {name}"
+                v[:] = ens[:, :, c]
+                tv = nc.createVariable(f"{name}_truth", "f4", ("time", "y", "x"), zlib=True,
+                                       fill_value=np.float32(np.nan))  # fmt: skip
+                tv.long_name = f"target {name}"
+                tv[:] = truth[:, c]
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind
+        raise
     return path
 
 
