@@ -56,6 +56,16 @@ def _gather(obj: Any) -> list[Any]:
     return out
 
 
+def _from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (ranks may see different directory listings on a
+    networked file system; every rank must then walk the same checkpoints)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -206,17 +216,17 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
     under a process group the files are checked in parallel, one share per rank."""
     rank, world = _rank_world()
     try:
-        files = read_manifest(path)["files"]
-    except ValueError as err:
-        return [str(err)]
-    names = sorted(files)
-    mine = _check_files(Path(path), files, names[rank::world])
-    return sorted(p for part in _gather(mine) for p in part)
+        files, mine = read_manifest(path)["files"], None
+    except ValueError as err:  # still join the gather: no rank may skip the collective
+        files, mine = {}, [str(err)]
+    if mine is None:
+        mine = _check_files(Path(path), files, sorted(files)[rank::world])
+    return sorted({p for part in _gather(mine) for p in part})
 
 
 def find_latest(ckpt_dir: str | os.PathLike) -> Path | None:
     """Newest checkpoint that verifies; corrupt newer ones are skipped with a warning."""
-    for path in list_checkpoints(ckpt_dir):
+    for path in _from_rank0(list_checkpoints(ckpt_dir)):
         problems = verify_checkpoint(path)
         if not problems:
             return path
@@ -293,8 +303,8 @@ def capture_rng_state() -> dict:
         "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this rank's device only: others may differ on resume
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -307,4 +317,4 @@ def restore_rng_state(state: dict) -> None:
     np.random.set_state(mt)  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
