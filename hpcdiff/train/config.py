@@ -79,9 +79,23 @@ class DiffusionConfig:
 
 @dataclass
 class ProfilingConfig:
-    """Section ``profiling``: NVTX ranges (see ``hpcdiff.nvtx.RANGE_NAMES``)."""
+    """Section ``profiling``: NVTX ranges (see ``hpcdiff.nvtx.RANGE_NAMES``) and a capture
+    window of optimizer steps [start, stop) (see :mod:`hpcdiff.train.profile_window`)."""
 
     nvtx: bool = False
+    capture_steps: tuple[int, int] | None = None  # cudaProfilerStart/Stop around these steps
+    torch_trace: bool = False  # Chrome trace per rank of the capture window (torch.profiler)
+
+    def validate(self) -> None:
+        if self.capture_steps is not None:
+            start, stop = self.capture_steps
+            if not 0 <= start < stop:
+                raise ConfigError(
+                    f"config key 'profiling.capture_steps' must be [start, stop) with "
+                    f"0 <= start < stop, got {list(self.capture_steps)}"
+                )
+        if self.torch_trace and self.capture_steps is None:
+            raise ConfigError("config key 'profiling.torch_trace' needs profiling.capture_steps")
 
 
 @dataclass
@@ -117,6 +131,12 @@ class TrainConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self) -> None:
+        capture = self.profiling.capture_steps
+        if capture is not None and capture[1] > self.run.steps:
+            raise ConfigError(
+                f"config key 'profiling.capture_steps': stop {capture[1]} is after "
+                f"run.steps={self.run.steps}"
+            )
         if self.data.mode != "tile":
             raise ConfigError(
                 "config key 'data.mode': the trainer takes whole-domain samples ('tile'); "

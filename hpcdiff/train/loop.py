@@ -36,6 +36,7 @@ from hpcdiff.train.build import DiffusionObjective, build_inference_model
 from hpcdiff.train.config import TrainConfig
 from hpcdiff.train.lr import lr_at, set_lr
 from hpcdiff.train.metrics import MetricsLogger, peak_device_mib, peak_rss_mib
+from hpcdiff.train.profile_window import CaptureWindow
 
 
 def condition_of(batch: Batch) -> torch.Tensor | None:
@@ -154,8 +155,11 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if rank == 0:
         print(json.dumps({"run_dir": str(run_dir), "start_step": start, **summary}), flush=True)
 
+    prof = cfg.profiling
+    window = CaptureWindow(prof.capture_steps, prof.torch_trace, run_dir, rank, device)
     t_last, steps_since = time.perf_counter(), 0
     for step in range(start, cfg.run.steps):
+        window.before_step(step)
         with nvtx.range("train.step"):
             lr = lr_at(step, cfg.run.steps, cfg.optim)
             set_lr(engine.optimizer, lr)
@@ -179,6 +183,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
             if ema is not None:
                 with nvtx.range("train.ema"):
                     ema.update(samples_seen, global_batch)
+        window.after_step(step)
         samples_seen += global_batch
         steps_since += 1
         done = step + 1

@@ -132,3 +132,21 @@ def test_quickstart_script_runs_end_to_end(tmp_path):
         "v10.png",
     ]
     assert (run / "model.mdlus").is_file() and f"{run}/" in out.stdout
+
+
+def test_torch_trace_covers_the_capture_window_on_every_rank(workdir):
+    torchrun = (str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2")
+    _hpcdiff(workdir, "train", "--config", "tiny.yaml", "run.name=trace", "run.steps=3",
+             "profiling.capture_steps=[1, 2]", "profiling.torch_trace=true",
+             launcher=torchrun)  # fmt: skip
+    for rank in (0, 1):
+        trace = json.loads((workdir / "runs" / "trace" / "traces" / f"rank_{rank:05d}.json")
+                           .read_text())  # fmt: skip
+        names = {e.get("name", "") for e in trace["traceEvents"]}
+        assert any("conv" in n for n in names)  # the backbone's kernels were recorded
+    bad = _hpcdiff(workdir, "train", "--config", "tiny.yaml", "profiling.capture_steps=[3, 9]",
+                   check=False)  # fmt: skip
+    assert bad.returncode == 2 and "'profiling.capture_steps': stop 9" in bad.stderr
+    bad = _hpcdiff(workdir, "train", "--config", "tiny.yaml", "profiling.torch_trace=true",
+                   check=False)  # fmt: skip
+    assert bad.returncode == 2 and "needs profiling.capture_steps" in bad.stderr
