@@ -1,6 +1,6 @@
-"""The NVTX recorder (profiling/nvtx_recorder.c) under real runs: 2-rank torchrun training and
-single-process sampling; nesting and balance are checked on every rank, and the summarizer's
-arithmetic on a hand-written log."""
+"""The NVTX recorder (profiling/nvtx_recorder.c) under real runs: 2-rank torchrun training,
+2-rank tiled sampling and single-process sampling; nesting and balance are checked on every
+rank, and the summarizer's arithmetic on a hand-written log."""
 
 import pytest
 from profhelpers import DOCTOR, PROFILING, STEPS, TORCHRUN, run
@@ -17,9 +17,12 @@ def recorded(tiny_run, summarize):
          "train", "--config", "tiny.yaml", "profiling.nvtx=true"], cwd=tiny_run)  # fmt: skip
     sample = run([PROFILING / "nvtx_record", "--out", "logs/sample", "--", "hpcdiff", "sample",
                   "runs/tiny"], cwd=tiny_run)  # fmt: skip
+    run([PROFILING / "nvtx_record", "--out", "logs/sample2", "--", *TORCHRUN, "-m", "hpcdiff",
+         "sample", "runs/tiny", "sample.domain_grid=[1,2]"], cwd=tiny_run)  # fmt: skip
     return {
         "train": summarize.read_recorder_dir(tiny_run / "logs" / "train"),
         "sample": summarize.read_recorder_dir(tiny_run / "logs" / "sample"),
+        "sample2": summarize.read_recorder_dir(tiny_run / "logs" / "sample2"),
         "sample_stdout": sample.stdout,
         "train_stdout": train.stdout,
     }
@@ -55,6 +58,30 @@ def test_sampling_records_one_balanced_sample_range(recorded):
         "sample" in recorded["sample_stdout"]
         and "NVTX ranges over 1 rank" in (recorded["sample_stdout"])
     )
+
+
+def _inside(outer, ranges):
+    return [r for r in ranges if r is not outer and r.tid == outer.tid
+            and outer.start_ns <= r.start_ns <= r.end_ns <= outer.end_ns]  # fmt: skip
+
+
+@pytest.mark.parametrize("key, ranks", [("sample", 1), ("sample2", 2)])
+def test_every_sampler_step_denoises_and_fuses_and_halos_only_across_ranks(recorded, key, ranks):
+    procs = [p for p in recorded[key] if p.ranges]
+    assert len(procs) == ranks
+    for proc in procs:
+        assert proc.errors == []
+        hp = [r for r in proc.ranges if r.domain == "hpcdiff"]
+        steps = [r for r in hp if r.name == "sample.step"]
+        assert steps and all(r.path[:1] == ("sample",) for r in steps)
+        for step in steps:
+            denoises = [r for r in _inside(step, hp) if r.name == "sample.denoise"]
+            assert denoises, proc.label
+            for d in denoises:
+                assert {"patch.fuse", "model.forward"} <= {r.name for r in _inside(d, hp)}
+        halos = [r for r in hp if r.name == "comm.halo"]
+        assert bool(halos) == (ranks > 1), (proc.label, len(halos))
+        assert {r.name for r in hp} <= set(RANGE_NAMES)
 
 
 def test_summarizer_counts_nesting_errors_and_imbalance(tmp_path, summarize):
