@@ -150,3 +150,23 @@ def test_torch_trace_covers_the_capture_window_on_every_rank(workdir):
     bad = _hpcdiff(workdir, "train", "--config", "tiny.yaml", "profiling.torch_trace=true",
                    check=False)  # fmt: skip
     assert bad.returncode == 2 and "needs profiling.capture_steps" in bad.stderr
+
+
+@pytest.mark.multiprocess
+def test_same_losses_under_torchrun_and_mpiexec(workdir):
+    """`hpcdiff train` through launchers/mpirun.sh (MPICH's mpiexec from the venv) reproduces
+    the torchrun run bit for bit: rank discovery, seeding and data sharding do not depend on
+    the launcher."""
+    common = ("train", "--config", str(workdir / "tiny.yaml"), "run.steps=2", "zero.stage=1")
+    torchrun = (str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2")
+    _hpcdiff(workdir, *common, "run.name=by_torchrun", launcher=torchrun)
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+        "NP": "2", "MPIRUN": str(BIN / "mpiexec"), "HPCDIFF_PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    cmd = [ROOT / "launchers" / "mpirun.sh", *common, "run.name=by_mpiexec"]
+    out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    a, b = _losses(workdir / "runs" / "by_torchrun"), _losses(workdir / "runs" / "by_mpiexec")
+    assert sorted(a) == [1, 2] and a == b
