@@ -58,4 +58,3 @@ def test_disabled_records_nothing_and_unknown_backend_is_rejected():
     assert backend.events == [] and not nvtx.enabled()
     with pytest.raises(ValueError, match="unknown nvtx backend 'cuda'"):
         nvtx.enable("cuda")
-
