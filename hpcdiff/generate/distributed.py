@@ -192,8 +192,9 @@ class TiledMultiDiffusionPredictor:
 
 
 class _BlockNoise:
-    """Mixin for the EDM stochastic solvers: every noise draw (churn, exponential noise) is
-    :func:`block_noise` on the tile, keyed by (seed, draw number, block), not by rank."""
+    """Mixin for the EDM stochastic solvers: every noise draw (``EDMChurn._randn``: churn,
+    exponential noise) is :func:`block_noise` on the tile, keyed by (seed, draw number,
+    block), not by rank."""
 
     _noise_seeds: Sequence[int]
     _noise_tile: Tile
@@ -204,16 +205,6 @@ class _BlockNoise:
         C, tile = x.shape[1], self._noise_tile
         return block_noise(self._noise_seeds, C, tile, dtype=x.dtype, device=x.device,
                            stream=self._draws)  # fmt: skip
-
-    def perturb(self, x: Tensor, t_cur: Tensor, t_cur_bc: Tensor, v: Tensor) -> Tensor:
-        """``EDMChurn.perturb`` (Karras et al. 2022, Alg. 2): ``x_hat = x + S_noise
-        sqrt(max(v, 0)) sqrt(g^2 / 2t) eps``, no noise where t = 0, eps from block noise."""
-        g_sq = self.diffusion_fn(x, t_cur)
-        at_zero = t_cur_bc == 0
-        safe_t = torch.where(at_zero, torch.ones_like(t_cur_bc), t_cur_bc)
-        scale = v.clamp(min=0).sqrt() * self.S_noise * (g_sq / (2 * safe_t)).sqrt()
-        scale = torch.where(at_zero, torch.zeros_like(scale), scale)
-        return self._randn(x).mul_(scale).add_(x)
 
 
 def _make_solver(name: str, denoiser: Any, scheduler: Any, options: dict[str, Any] | None,

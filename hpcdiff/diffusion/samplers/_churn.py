@@ -76,8 +76,11 @@ class EDMChurn:
         safe_t = torch.where(at_zero, torch.ones_like(t_cur_bc), t_cur_bc)
         scale = v.clamp(min=0).sqrt() * self.S_noise * (g_sq / (2 * safe_t)).sqrt()
         scale = torch.where(at_zero, torch.zeros_like(scale), scale)
+        return self._randn(x).mul_(scale).add_(x)
+
+    def _randn(self, x: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like ``x``: the one seam every injected draw goes
+        through (tiled sampling overrides it with noise keyed by global position)."""
         if self.generator is None:
-            eps = torch.randn_like(x)
-        else:
-            eps = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
-        return eps.mul_(scale).add_(x)
+            return torch.randn_like(x)
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)

@@ -152,11 +152,6 @@ class EDMStochasticExponentialEulerSolver(EDMChurn, Solver):
             options["alpha_fn"] = noise_scheduler.alpha
         return options
 
-    def _randn(self, x: torch.Tensor) -> torch.Tensor:
-        if self.generator is None:
-            return torch.randn_like(x)
-        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
-
     def step(self, x: torch.Tensor, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         """Churn, exponential Euler, renoise: ``x`` (B, *) from ``t_cur`` to ``t_next`` (B,)."""
         t_cur = t_cur.contiguous()
