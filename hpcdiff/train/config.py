@@ -16,9 +16,6 @@ from hpcdiff.data.config import DataConfig
 from hpcdiff.distributed.config import CheckpointConfig, DistConfig, EMAConfig, ZeroConfig
 from hpcdiff.train.lr import OptimConfig
 
-SCHEDULERS = ("edm", "edm_log_uniform", "ve", "vp", "iddpm", "student_t_edm")
-PRECONDITIONERS = ("edm", "ve", "vp", "iddpm")
-
 
 @dataclass
 class RunConfig:
