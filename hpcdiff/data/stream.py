@@ -98,6 +98,7 @@ class DataStream:
     dp_rank, dp_size : this rank's data-parallel group and the number of groups.
     tile : this rank's tile of the domain (default: the whole grid).
     state : a ``state_dict()`` to resume from.
+    sources : the :func:`open_sources` of ``cfg``, when already open (not re-opened here).
     """
 
     def __init__(
@@ -109,10 +110,11 @@ class DataStream:
         dp_size: int = 1,
         tile: Tile | None = None,
         state: Mapping | None = None,
+        sources: Mapping[str, GridSource] | None = None,
     ) -> None:
         cfg.validate()
         self.cfg, self.split = cfg, split
-        self.sources = open_sources(cfg)
+        self.sources = dict(sources) if sources is not None else open_sources(cfg)
         target = self.sources["target"]
         start, end = cfg.time_range(split)
         indices = target.time_indices(start, end)

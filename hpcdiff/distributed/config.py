@@ -1,4 +1,5 @@
-"""Config sections owned by the distributed layer: ``dist``, ``zero``, ``ema``, ``checkpoint``.
+"""Config sections of the distributed layer: ``dist``, ``zero``, ``ema``, ``checkpoint``,
+``domain`` (tiled training).
 
 Plain dataclasses for :func:`hpcdiff.config.from_dict` (which checks the annotated types and
 calls ``validate()``); every error names the dotted key. Optimizer hyper-parameters (lr, betas,
@@ -154,3 +155,18 @@ class CheckpointConfig:
             self.resume,
             "must be latest, none or a checkpoint directory",
         )
+
+
+@dataclass
+class DomainConfig:
+    """Section ``domain``: domain decomposition of training (see :mod:`hpcdiff.train.tiling`).
+
+    ``grid: [py, px]`` ranks share each sample, each reading and training on the patches of its
+    own tile; world = data groups x py px (the product must divide the world size).
+    """
+
+    grid: tuple[int, int] = (1, 1)  # tiles (py, px) per sample
+
+    def validate(self) -> None:
+        py, px = self.grid
+        _require(py >= 1 and px >= 1, "domain.grid", list(self.grid), "must be [py, px] >= 1")

@@ -16,12 +16,11 @@ from tensordict import TensorDict
 from hpcdiff.core import Module
 from hpcdiff.diffusion import noise_schedulers as ns
 from hpcdiff.diffusion import preconditioners as pc
-from hpcdiff.diffusion.multi_diffusion import (
-    MultiDiffusionModel2D,
-    MultiDiffusionWeightedMSEDSMLoss,
-)
+from hpcdiff.diffusion.metrics import WeightedMSEDSMLoss
+from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
 from hpcdiff.models import SongUNetDiffusionModel, create_model
 from hpcdiff.models.registry import model_config
+from hpcdiff.train.tiling import draw_corners, gather_patches
 
 _SCHEDULERS = {
     "edm": ns.EDMNoiseScheduler,
@@ -85,11 +84,28 @@ def build_inference_model(
     return model
 
 
-class DiffusionObjective(Module):
-    """Per-patch weighted DSM loss of ``model`` (the module a DeepSpeed engine wraps).
+class _OnPatches:
+    """``model`` called on inputs that are already patches (x, t and condition: (P B, ...))."""
 
-    ``forward(x0, weight, condition)`` with x0, weight (B, C, H, W) and condition
-    (B, Cc, H, W) or None returns the loss map (P B, C, Hp, Wp).
+    def __init__(self, model: MultiDiffusionModel2D) -> None:
+        self.model = model
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, condition=None) -> torch.Tensor:
+        return self.model(
+            x, t, condition=condition, x_is_patched=True, t_is_patched=True,
+            condition_is_patched=True,
+        )  # fmt: skip
+
+
+class DiffusionObjective(Module):
+    """Per-patch weighted DSM loss of ``model`` on windows of the global grid (the module a
+    DeepSpeed engine wraps).
+
+    ``forward(x0, weight, condition, origin)``: x0 and weight (B, C, h, w), condition
+    (B, Cc, h, w) or None are windows whose top-left corners on the global grid are ``origin``
+    (B, 2) (default: the whole grid). ``patches_per_sample`` patch corners are drawn uniformly
+    in each window, independently per sample; the positional embedding is taken at the
+    patches' global positions. Returns the loss map (P B, C, Hp, Wp).
     """
 
     def __init__(
@@ -103,13 +119,27 @@ class DiffusionObjective(Module):
         super().__init__()
         self.model = model
         self.scheduler = build_scheduler(scheduler, scheduler_args or {})
-        model.set_random_patching(patch_shape=tuple(patch_shape), patch_num=patches_per_sample)
-        self.loss = MultiDiffusionWeightedMSEDSMLoss(model, self.scheduler, reduction="none")
+        self.patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
+        self.patches_per_sample = int(patches_per_sample)
+        model.set_random_patching(patch_shape=self.patch_shape, patch_num=self.patches_per_sample)
+        self.loss = WeightedMSEDSMLoss(_OnPatches(model), self.scheduler, reduction="none")
 
     def forward(
-        self, x0: torch.Tensor, weight: torch.Tensor, condition: torch.Tensor | None = None
+        self,
+        x0: torch.Tensor,
+        weight: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        origin: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        cond = None
-        if condition is not None:
-            cond = TensorDict({"condition": condition}, batch_size=[x0.shape[0]])
-        return self.loss(x0, weight=weight, condition=cond)
+        B = x0.shape[0]
+        corners = draw_corners(x0.shape[-2:], self.patch_shape, self.patches_per_sample, B)
+        offset = torch.zeros(B, 2, dtype=torch.long) if origin is None else origin.cpu()
+        self.model.set_patch_indices((corners + offset).reshape(-1, 2))  # global (P B, 2)
+        x0_p = gather_patches(x0, corners, self.patch_shape)  # (P B, C, Hp, Wp)
+        weight_p = gather_patches(weight, corners, self.patch_shape)
+        cond_p = None
+        if condition is not None:  # the layout sampling uses: {"condition": (P B, Cc, Hp, Wp)}
+            patches = gather_patches(condition, corners, self.patch_shape)
+            cond_p = TensorDict({"condition": patches}, batch_size=[patches.shape[0]])
+        t = self.scheduler.sample_time(x0_p.shape[0], device=x0.device, dtype=x0.dtype)
+        return self.loss(x0_p, weight_p, t=t, condition=cond_p)

@@ -2,7 +2,8 @@
 
 Sections: ``run`` (here), ``data`` (:class:`hpcdiff.data.DataConfig`), ``model`` and
 ``diffusion`` (here), ``optim`` (:class:`hpcdiff.train.lr.OptimConfig`), ``dist``, ``zero``,
-``ema``, ``checkpoint`` (:mod:`hpcdiff.distributed.config`), ``profiling`` and ``sample`` (here).
+``ema``, ``checkpoint``, ``domain`` (:mod:`hpcdiff.distributed.config`), ``profiling`` and
+``sample`` (here).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import Any, Literal
 
 from hpcdiff.config import ConfigError, apply_overrides, from_dict, read_yaml
 from hpcdiff.data.config import DataConfig
-from hpcdiff.distributed.config import CheckpointConfig, DistConfig, EMAConfig, ZeroConfig
+from hpcdiff.distributed.config import (
+    CheckpointConfig,
+    DistConfig,
+    DomainConfig,
+    EMAConfig,
+    ZeroConfig,
+)
 from hpcdiff.train.lr import OptimConfig
 
 
@@ -124,6 +131,7 @@ class TrainConfig:
     zero: ZeroConfig = field(default_factory=ZeroConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    domain: DomainConfig = field(default_factory=DomainConfig)
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -134,10 +142,10 @@ class TrainConfig:
                 f"config key 'profiling.capture_steps': stop {capture[1]} is after "
                 f"run.steps={self.run.steps}"
             )
-        if self.data.mode != "tile":
+        if self.data.tile_margin != 0:
             raise ConfigError(
-                "config key 'data.mode': the trainer takes whole-domain samples ('tile'); "
-                "'patch' windows need tiled (domain-decomposed) training"
+                f"config key 'data.tile_margin': the trainer derives each rank's margin from "
+                f"data.patch_shape (see domain.grid); remove it (got {self.data.tile_margin})"
             )
         if self.diffusion.scheduler in ("ve", "vp", "iddpm") and (
             self.diffusion.preconditioner != self.diffusion.scheduler

@@ -1,9 +1,11 @@
 """The training loop of ``hpcdiff train``: read it top to bottom.
 
-Per rank and step: whole-domain samples from NetCDF -> random patches with their global
-positional embedding and patched condition -> per-patch diffusion time and noise -> weighted
-DSM loss of the preconditioned backbone -> DeepSpeed backward/step (ZeRO 0-3; gradients
-reduced over all ranks) -> EMA -> metrics, checkpoints, validation.
+Per rank and step: this rank's window of the grid (its tile of the patch positions plus the
+patch margin, ``domain.grid``; the whole grid by default) from NetCDF -> random patches with
+the positional embedding of their global positions and the patched condition -> per-patch
+diffusion time and noise -> weighted DSM loss of the preconditioned backbone -> DeepSpeed
+backward/step (ZeRO 0-3; gradients reduced over all ranks) -> EMA -> metrics, checkpoints,
+validation.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import yaml
@@ -19,6 +22,8 @@ import yaml
 from hpcdiff import nvtx
 from hpcdiff.config import to_dict, write_yaml
 from hpcdiff.data import Batch, DataStream
+from hpcdiff.data.stream import open_sources
+from hpcdiff.data.tiles import Tile
 from hpcdiff.distributed import (
     ShardedEMA,
     build_engine,
@@ -37,12 +42,40 @@ from hpcdiff.train.config import TrainConfig
 from hpcdiff.train.lr import lr_at, set_lr
 from hpcdiff.train.metrics import MetricsLogger, peak_device_mib, peak_rss_mib
 from hpcdiff.train.profile_window import CaptureWindow
+from hpcdiff.train.tiling import check_domain_grid, training_window
 
 
 def condition_of(batch: Batch) -> torch.Tensor | None:
     """Regridded coarse condition and static fields stacked along channels (B, Cc, H, W)."""
     parts = [p for p in (batch.condition, batch.static) if p is not None]
     return torch.cat(parts, dim=1) if parts else None
+
+
+class Partition(NamedTuple):
+    """What one rank reads: its window of the grid and its data-parallel group."""
+
+    window: Tile
+    group: int  # data-parallel group: ranks of a group see the same samples
+    groups: int
+
+
+def partition(cfg: TrainConfig, sources: dict, rank: int, world: int) -> Partition:
+    """Rank ``rank``'s window (tile of patch positions + margin, edges on HDF5 chunks) and
+    data group; ConfigError (before any work) if ``domain.grid`` does not fit."""
+    D = check_domain_grid(cfg.domain.grid, world)
+    target = sources["target"]
+    chunks = target.chunks(cfg.data.variables[0]) or (1, 1, 1)
+    window = training_window(
+        target.shape, cfg.data.patch_shape, cfg.domain.grid, rank % D, chunks[-2:]
+    )
+    return Partition(window, rank // D, world // D)
+
+
+def open_stream(cfg: TrainConfig, part: Partition, split: str, sources: dict) -> DataStream:
+    return DataStream(
+        cfg.data, split=split, dp_rank=part.group, dp_size=part.groups, tile=part.window,
+        sources=sources,
+    )  # fmt: skip
 
 
 def build_objective(cfg: TrainConfig, grid_shape: tuple[int, int]) -> DiffusionObjective:
@@ -92,18 +125,19 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, world: int):
+def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, valid: DataStream):
     """Mean DSM loss over ``run.val_batches`` validation batches with fixed noise."""
     losses = []
     engine.train(False)  # evaluation mode (dropout off)
     forked = [device] if device.type == "cuda" else []  # manual_seed reseeds CUDA too
-    with contextlib.closing(DataStream(cfg.data, split="valid", dp_rank=rank, dp_size=world)) as s:
-        with torch.random.fork_rng(devices=forked), autocast(device, cfg.zero.precision):
-            torch.manual_seed(cfg.run.seed + 12345 + rank)
-            for _, batch in zip(range(cfg.run.val_batches), s):
-                batch = batch.to(device)
-                loss_map = engine(batch.data, batch.mask.float(), condition_of(batch))
-                losses.append(loss_map.float().mean())
+    valid.load_state_dict({})  # from the first validation time again
+    with torch.random.fork_rng(devices=forked), autocast(device, cfg.zero.precision):
+        torch.manual_seed(cfg.run.seed + 12345 + rank)
+        for _, batch in zip(range(cfg.run.val_batches), valid):
+            origin, batch = batch.origin, batch.to(device)
+            loss_map = engine(batch.data, batch.mask.float(), condition_of(batch), origin)
+            losses.append(loss_map.float().mean())
+    valid.close()
     engine.train()
     local = torch.stack(losses).mean() if losses else torch.zeros((), device=device)
     return mean_over_ranks(local).item()
@@ -117,9 +151,11 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         nvtx.enable("torch" if device.type == "cuda" else "nvtx")
     run_dir = cfg.run.dir
 
-    # Data: this rank's share of the training times (whole-domain samples).
-    stream = DataStream(cfg.data, split="train", dp_rank=rank, dp_size=world)
-    grid_shape = tuple(stream.sources["target"].shape)
+    # Data: this rank's window of the grid, for the training times of its data group.
+    sources = open_sources(cfg.data)
+    grid_shape = tuple(sources["target"].shape)
+    part = partition(cfg, sources, rank, world)
+    stream = open_stream(cfg, part, "train", sources)
     # zero.init_on_construct: parameters are partitioned as they are created (ZeRO-3).
     with model_init_context(cfg.zero, cfg.optim, cfg.data.batch_size, ctx):
         objective = build_objective(cfg, grid_shape)
@@ -149,8 +185,9 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     else:
         torch.manual_seed(cfg.run.seed * 100_003 + rank + 1)  # distinct noise per rank
     accum = cfg.zero.grad_accum_steps
-    global_batch = cfg.data.batch_size * world * accum  # samples per optimizer step
-    patches_per_step = global_batch * cfg.data.patches_per_sample
+    global_batch = cfg.data.batch_size * part.groups * accum  # samples per optimizer step
+    patches_per_step = cfg.data.batch_size * world * accum * cfg.data.patches_per_sample
+    valid = open_stream(cfg, part, "valid", sources) if cfg.run.val_every else None
     logger = MetricsLogger(run_dir, rank, cfg.run.steps, start)
     if rank == 0:
         print(json.dumps({"run_dir": str(run_dir), "start_step": start, **summary}), flush=True)
@@ -166,12 +203,14 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
             for _ in range(accum):  # DeepSpeed applies the update after the last micro-batch
                 # Fetch the next batch of whole-domain samples.
                 with nvtx.range("train.data"):
-                    batch = next(stream).to(device, non_blocking=True)
+                    batch = next(stream)
+                    origin = batch.origin  # (B, 2) global corner of each window, on the host
+                    batch = batch.to(device, non_blocking=True)
                     condition = condition_of(batch)
 
                 # Forward: random patches, per-patch times and noise, per-patch loss map.
                 with nvtx.range("train.forward"), autocast(device, cfg.zero.precision):
-                    loss_map = engine(batch.data, batch.mask.float(), condition)
+                    loss_map = engine(batch.data, batch.mask.float(), condition, origin)
                 with nvtx.range("train.loss"):
                     loss = loss_map.float().mean()
                 with nvtx.range("train.backward"):
@@ -217,11 +256,13 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
             with nvtx.range("train.validate"):
                 swap = ema.swapped_in() if ema is not None else contextlib.nullcontext()
                 with swap:
-                    val = validation_loss(engine, cfg, device, rank, world)
+                    val = validation_loss(engine, cfg, device, rank, valid)
                 logger.log({"step": done, "val_loss": val})
             t_last = time.perf_counter()
 
     stream.close()
+    if valid is not None:
+        valid.close()
     logger.close()
     barrier()
     shutdown()

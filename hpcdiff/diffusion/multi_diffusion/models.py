@@ -177,6 +177,16 @@ class MultiDiffusionModel2D(Module):
             )
         self._patching.reset_patch_indices(generator=generator)
 
+    def set_patch_indices(self, indices: Tensor) -> None:
+        """Place the random patches at the corners ``indices`` (P, 2) of the global grid
+        (hpcdiff extension; RuntimeError without random patching)."""
+        if not isinstance(self._patching, RandomPatching2D):
+            raise RuntimeError(
+                "set_patch_indices() is only available when random patching is active. "
+                "Call set_random_patching() first."
+            )
+        self._patching.set_patch_indices(indices)
+
     def set_grid_patching(
         self,
         patch_shape: tuple[int, int],

@@ -140,6 +140,28 @@ class RandomPatching2D(BasePatching2D):
         else:
             self.register_buffer("patch_indices", indices, persistent=False)
 
+    def set_patch_indices(self, indices: Tensor) -> None:
+        """Use the given corners (P, 2) (y, x) instead of random ones; P may change (an
+        hpcdiff extension: tiled training places patches at global positions it drew)."""
+        if indices.ndim != 2 or indices.shape[1] != 2 or indices.shape[0] < 1:
+            raise ValueError(f"indices must have shape (P, 2), got {tuple(indices.shape)}")
+        if not torch.compiler.is_compiling():
+            high = torch.tensor([i - p for i, p in zip(self.img_shape, self.patch_shape)])
+            cpu = indices.detach().cpu()
+            bad = (cpu < 0) | (cpu > high)
+            if bad.any():
+                row = int(bad.any(dim=1).nonzero()[0])
+                raise ValueError(
+                    f"patch corner {indices[row].tolist()} puts a {self.patch_shape} patch "
+                    f"outside the image {self.img_shape}"
+                )
+        indices = indices.to(self.patch_indices.device, torch.long)
+        if indices.shape == self.patch_indices.shape:
+            self.patch_indices.copy_(indices)
+        else:
+            self.register_buffer("patch_indices", indices.clone(), persistent=False)
+        self._patch_num = int(indices.shape[0])
+
     def _compute_global_index(self) -> Tensor:
         Hp, Wp = self.patch_shape
         dev = self.patch_indices.device
