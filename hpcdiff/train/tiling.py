@@ -3,10 +3,11 @@
 The ranks of one domain group (``domain.grid = [py, px]``, D = py px ranks) train on the same
 samples and split the *patch positions*, not the pixels: the corners of all Hp x Wp patches,
 ``[0, H - Hp] x [0, W - Wp]``, are cut into the D tiles of :func:`split_domain` (edges on HDF5
-chunk multiples where that keeps the tiles balanced within 10 %), and a rank reads its corner tile grown by ``Hp - 1`` rows and
-``Wp - 1`` columns at the high edges: its *window*. So every global patch position belongs to
-exactly one rank, patches straddle tile borders by up to the patch size minus one, and a rank
-holds at most ``ceil((H - Hp + 1) / py) + Hp - 1`` rows of any field (plus chunk alignment).
+chunk multiples where that keeps the tiles balanced within 10 %), and a rank reads its corner
+tile grown by ``Hp - 1`` rows and ``Wp - 1`` columns at the high edges: its *window*. So
+every global patch position belongs to exactly one rank, patches straddle tile borders by up
+to the patch size minus one, and a rank holds at most ``ceil((H - Hp + 1) / py) + Hp - 1``
+rows of any field (plus chunk alignment).
 
 >>> training_window((100, 60), (16, 16), (2, 1), domain_rank=1)
 Tile(row0=42, row1=100, col0=0, col1=60)

@@ -134,6 +134,11 @@ def test_dry_run_builds_the_model(path, synth_data, tmp_path, capsys):
     from hpcdiff.train.loop import train
 
     overrides = [*synth_data, "data.patch_shape=[16, 16]", f"run.out_dir={tmp_path}"]
+    if "domain" in read_yaml(path):  # one process: one rank per sample
+        with pytest.raises(ConfigError, match="'domain.grid'.*does not divide the world size 1"):
+            with mock.patch.dict(os.environ):
+                train(load_config(path, overrides), dry_run=True)
+        overrides.append("domain.grid=[1, 1]")
     cfg = load_config(path, overrides)
     with mock.patch.dict(os.environ):  # init_distributed exports RANK, MASTER_PORT, ...
         run_dir = train(cfg, dry_run=True)
