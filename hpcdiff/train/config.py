@@ -35,6 +35,9 @@ class RunConfig:
     log_every: int = 10
     val_every: int = 0  # 0 disables periodic validation
     val_batches: int = 2
+    progress: Literal["auto", "always", "never"] = "auto"  # tqdm bar on rank 0; auto: on a TTY
+    tensorboard: bool = False  # scalars to <run dir>/tensorboard (needs the tensorboard package)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # <run dir>/logs/rank*.log
 
     def validate(self) -> None:
         for key in ("steps", "log_every", "val_batches"):

@@ -37,10 +37,16 @@ from hpcdiff.distributed import (
     shutdown,
 )
 from hpcdiff.distributed.collectives import barrier, mean_over_ranks
+from hpcdiff.logs import close_logging, setup_logging
 from hpcdiff.train.build import DiffusionObjective, build_inference_model
 from hpcdiff.train.config import TrainConfig
 from hpcdiff.train.lr import lr_at, set_lr
-from hpcdiff.train.metrics import MetricsLogger, peak_device_mib, peak_rss_mib
+from hpcdiff.train.metrics import (
+    MetricsLogger,
+    peak_device_mib,
+    peak_rss_mib,
+    require_tensorboard,
+)
 from hpcdiff.train.profile_window import CaptureWindow
 from hpcdiff.train.tiling import check_domain_grid, training_window
 
@@ -147,6 +153,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     """Run (or resume) the experiment ``cfg``; returns the run directory."""
     ctx = init_distributed(cfg.dist)
     rank, world, device = ctx.env.rank, ctx.env.world_size, ctx.device
+    require_tensorboard(cfg.run.tensorboard)  # every rank stops, before any work
     if cfg.profiling.nvtx:
         nvtx.enable("torch" if device.type == "cuda" else "nvtx")
     run_dir = cfg.run.dir
@@ -170,6 +177,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(cfg, run_dir / "config.yaml")  # the config this (re)start runs with
+    setup_logging(run_dir, rank, cfg.run.log_level)  # <run_dir>/logs/rank{rank:05d}.log
 
     # Engine (ZeRO-sharded optimizer state / gradients / parameters), EMA, resume.
     engine = build_engine(objective, cfg.zero, cfg.optim, cfg.data.batch_size, ctx)
@@ -188,7 +196,8 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     global_batch = cfg.data.batch_size * part.groups * accum  # samples per optimizer step
     patches_per_step = cfg.data.batch_size * world * accum * cfg.data.patches_per_sample
     valid = open_stream(cfg, part, "valid", sources) if cfg.run.val_every else None
-    logger = MetricsLogger(run_dir, rank, cfg.run.steps, start)
+    logger = MetricsLogger(run_dir, rank, cfg.run.steps, start, progress=cfg.run.progress,
+                           tensorboard=cfg.run.tensorboard)  # fmt: skip
     if rank == 0:
         print(json.dumps({"run_dir": str(run_dir), "start_step": start, **summary}), flush=True)
 
@@ -226,6 +235,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         samples_seen += global_batch
         steps_since += 1
         done = step + 1
+        logger.advance(done)
 
         # Log (losses averaged over ranks).
         if done % cfg.run.log_every == 0 or done == cfg.run.steps:
@@ -264,6 +274,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if valid is not None:
         valid.close()
     logger.close()
+    close_logging()
     barrier()
     shutdown()
     return run_dir

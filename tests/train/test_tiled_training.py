@@ -157,7 +157,10 @@ def test_two_ranks_read_only_their_tile_and_the_loss_decreases(dataset):
             assert win.contains(Tile(r["rows"][0], r["rows"][1], r["cols"][0], r["cols"][1]))
         windows.append(win)
     assert windows[0] != windows[1]
-    rows = [json.loads(line) for line in (dataset / "runs" / "tiled" / "metrics.jsonl").open()]
+    run = dataset / "runs" / "tiled"
+    for rank in (0, 1):  # per-rank log files
+        assert f"[rank {rank}]" in (run / "logs" / f"rank{rank:05d}.log").read_text()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert len([r for r in rows if "loss" in r]) == 40
     # validation with fixed noise on the same validation windows: the model learns
     val = [r["val_loss"] for r in rows if "val_loss" in r]
