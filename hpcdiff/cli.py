@@ -13,10 +13,15 @@ import sys
 
 import hpcdiff
 
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
 # Modules offering subcommands; each is imported only when the parser is built.
 _COMMAND_MODULES = (
     "hpcdiff.train.cli",
     "hpcdiff.generate.cli",
+    "hpcdiff.evaluate.cli",
     "hpcdiff.train.checkpoint_cli",
     "hpcdiff.train.profile_cli",
     "hpcdiff.data.cli",

@@ -20,6 +20,8 @@ echo "== training on $NPROC local ranks (torchrun, gloo on CPU / nccl on GPU)"
     --config "$ROOT/configs/quickstart.yaml" "$@"
 echo "== sampling an ensemble for the first validation time"
 "$VENV/bin/hpcdiff" sample runs/quickstart
+echo "== evaluating the samples against the truth"
+"$VENV/bin/hpcdiff" evaluate runs/quickstart
 cat <<MSG
 == done. Everything is in $PWD/runs/quickstart/:
    config.yaml            the resolved experiment config
@@ -28,4 +30,6 @@ cat <<MSG
    model.mdlus            consolidated EMA weights (hpcdiff.core.Module.from_checkpoint)
    samples/samples.nc     generated ensemble and truth (CF NetCDF, physical units)
    samples/*.png          truth / members / ensemble mean / std per variable
+   eval/metrics.json      RMSE, CRPS, spread-skill, rank histograms, spectra, seam score
+   eval/*.png             maps, spectra, rank histograms, loss curves
 MSG

@@ -1,0 +1,93 @@
+"""``hpcdiff evaluate``: score generated ensembles against the truth (exit 0 ok, 2 bad input)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hpcdiff.cli import EXIT_OK, EXIT_USAGE
+
+EXAMPLES = """examples:
+  # the run's newest samples file -> runs/quickstart/eval/{metrics.json,*.png}
+  hpcdiff evaluate runs/quickstart
+  hpcdiff evaluate runs/quickstart --samples runs/quickstart/samples/samples.nc --out eval_q
+  # files from elsewhere: members (member, time, y, x) and a CF truth file matched by time
+  hpcdiff evaluate --samples ens.nc --truth era5.nc --variables t2m tp --patch-shape 64 64 \\
+      --overlap-pix 8
+"""
+
+
+def _table(result: dict) -> str:
+    """One line per variable with the headline scores."""
+    lines = [f"{'variable':<12} {'rmse':>10} {'crps':>10} {'spread/skill':>12} {'seam':>8}"]
+    for name, s in result["scores"].items():
+        seam = (s.get("seam") or {}).get("score")
+        cells = [s["rmse"], s["crps"], s["spread_skill"], seam]
+        text = ["-" if v is None else f"{v:.4g}" for v in cells]
+        lines.append(f"{name:<12} {text[0]:>10} {text[1]:>10} {text[2]:>12} {text[3]:>8}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hpcdiff.evaluate.run import PatchGrid, evaluate, evaluate_run
+
+    if args.run_dir is None and args.samples is None:
+        print("hpcdiff evaluate: give a RUN_DIR or --samples FILE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.patch_shape is None and (args.overlap_pix or args.boundary_pix):
+        print("hpcdiff evaluate: --overlap-pix/--boundary-pix need --patch-shape", file=sys.stderr)
+        return EXIT_USAGE
+    grid = None
+    if args.patch_shape is not None:
+        grid = PatchGrid(tuple(args.patch_shape), args.overlap_pix, args.boundary_pix)
+    common = dict(truth=args.truth and [args.truth], variables=args.variables, patch_grid=grid,
+                  seed=args.seed, make_plots=not args.no_plots)  # fmt: skip
+    try:
+        if args.run_dir is not None:
+            result = evaluate_run(args.run_dir, samples=args.samples, out_dir=args.out, **common)
+        else:
+            out = args.out if args.out is not None else Path(args.samples).parent / "eval"
+            result = evaluate(args.samples, out, **common)
+    except (ValueError, FileNotFoundError) as err:  # ConfigError and DataError included
+        print(f"hpcdiff evaluate: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(_table(result))
+    print(f"wrote {result['metrics_json']}")
+    for path in result.get("plots", []):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score generated ensembles: RMSE, CRPS, spread-skill, ranks, spectra, seams",
+        description="Score a generated ensemble against the truth and write metrics.json and "
+        "PNG plots (maps, power spectra, rank histograms, loss curves).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # fmt: off
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                   help="run directory written by `hpcdiff train`")
+    p.add_argument("--samples", metavar="FILE",
+                   help="samples NetCDF file (default: the run's newest)")
+    p.add_argument("--truth", metavar="FILE",
+                   help="truth NetCDF file or glob (default: <var>_truth in the samples file, "
+                   "else the run's data.files)")
+    p.add_argument("--variables", nargs="+", metavar="NAME",
+                   help="variables to score (default: all)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/eval)")
+    p.add_argument("--patch-shape", nargs=2, type=int, metavar=("ROWS", "COLS"),
+                   help="sampling patch shape for the seam score (default: the samples "
+                   "file's attributes, else the run's config)")
+    p.add_argument("--overlap-pix", type=int, default=0, metavar="N",
+                   help="patch overlap (with --patch-shape)")
+    p.add_argument("--boundary-pix", type=int, default=0, metavar="N",
+                   help="patch boundary pixels (with --patch-shape)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the rank histogram tie breaks")
+    p.add_argument("--no-plots", action="store_true", help="write metrics.json only")
+    # fmt: on
+    p.set_defaults(func=_run)
