@@ -32,8 +32,14 @@ def main() -> None:
                 dims = source.files[0].variables[variable].dims
                 sel = dict(zip(dims.order, key))
                 rows, cols = sel[dims.y], sel[dims.x]
-                reads.append({"group": group, "variable": variable,
-                              "rows": [rows.start, rows.stop], "cols": [cols.start, cols.stop]})  # fmt: skip
+                reads.append(
+                    {
+                        "group": group,
+                        "variable": variable,
+                        "rows": [rows.start, rows.stop],
+                        "cols": [cols.start, cols.stop],
+                    }
+                )
 
             source.on_read = hook
         return sources
