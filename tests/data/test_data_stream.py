@@ -13,7 +13,7 @@ import pytest
 import torch
 from ncfiles import TIMES_PER_FILE, W, coarse_coords, fine_coords
 
-from hpcdiff.data.batch import cut_patches
+from hpcdiff.data.batch import Batch, cut_patches
 from hpcdiff.data.config import DataConfig
 from hpcdiff.data.stats import compute_stats, write_stats
 from hpcdiff.data.stream import DataStream, open_sources
@@ -206,3 +206,24 @@ def test_cut_patches_global_positions(cfg_kwargs):
         assert gi[i, 0, 0, 0] == patches.origin[i, 0] and gi[i, 1, 3, 5] == patches.origin[i, 1] + 5
     same = cut_patches(batch, (8, 12), 5, torch.Generator().manual_seed(0))
     assert torch.equal(same.origin, patches.origin)
+
+
+def test_cut_patches_at_given_corners_and_corners_outside_the_window():
+    data = torch.arange(2 * 1 * 6 * 8, dtype=torch.float32).reshape(2, 1, 6, 8)
+    origin = torch.tensor([[0, 0], [10, 20]])
+    batch = Batch(data=data, mask=data > 40, origin=origin, time_index=torch.tensor([0, 1]))
+    corners = torch.tensor([[0, 0], [2, 5]])  # (2, 5) = (6 - 4, 8 - 3): the last valid corner
+    p = cut_patches(batch, (4, 3), 2, corners=corners)
+    assert p.data.shape == (4, 1, 4, 3) and p.data.is_contiguous()
+    assert torch.equal(p.data[3], data[1, :, 2:6, 5:8])  # patch 1 of sample 1 (patch-major)
+    assert torch.equal(p.mask[1], batch.mask[1, :, 0:4, 0:3])
+    assert p.origin.tolist() == [[0, 0], [10, 20], [2, 5], [12, 25]]
+    grad = Batch(data=data.clone().requires_grad_(), mask=batch.mask, origin=origin,
+                 time_index=batch.time_index)  # fmt: skip
+    q = cut_patches(grad, (4, 3), 2, corners=corners)  # the torch (autograd) path
+    assert torch.equal(q.data, p.data) and q.data.requires_grad
+    for bad in ([[3, 0]], [[0, 6]], [[-1, 0]]):
+        with pytest.raises(ValueError, match="outside the 6x8 window"):
+            cut_patches(batch, (4, 3), 1, corners=torch.tensor(bad))
+    with pytest.raises(ValueError, match=r"shape \(P, 2\)"):
+        cut_patches(batch, (4, 3), 1, corners=torch.tensor([1, 2]))
