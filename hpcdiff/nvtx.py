@@ -10,7 +10,9 @@ imported). Enable before the work starts: ranges opened while off are not popped
 * ``"torch"``: ``torch.cuda.nvtx`` (CUDA builds only);
 * ``"record"``: an in-process list of ``(event, name, thread_id)`` for unit tests.
 
-Range names are fixed: :data:`RANGE_NAMES` lists them with their nesting.
+Range names are fixed: :data:`RANGE_NAMES` lists them with their nesting. :func:`configure`
+applies the config section ``profiling``: it also forwards DeepSpeed's own ranges (domain
+``DeepSpeed``) and, with ``profiling.model_ranges``, puts ranges around backbone blocks.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 DOMAIN = "hpcdiff"
+DEEPSPEED_DOMAIN = "DeepSpeed"  # the name DeepSpeed itself uses on GPUs (deepspeed.utils.nvtx)
 
 RANGE_NAMES: dict[str, str] = {
     "train.step": "one optimizer step (root of the training ranges)",
@@ -43,24 +46,43 @@ RANGE_NAMES: dict[str, str] = {
     "comm.halo": "halo exchange between neighbouring ranks",
     "data.read": "NetCDF read of a tile or window",
     "data.normalize": "normalization of a read block",
+    "model.enc.<i>": "in model.forward or train.forward (profiling.model_ranges): SongUNet "
+    "encoder entry i (i-th module of `enc`)",
+    "model.dec.<i>": "as model.enc.<i>, for the SongUNet decoder (`dec`)",
+    "model.block.<i>": "in model.forward or train.forward (profiling.model_ranges): DiT block i",
 }
 
 _backend: _Backend | None = None
+_model_hook: Any = None  # handle of the module registration hook of instrument_new_models()
 
 
 class _Backend:
+    """Push/pop in domain ``hpcdiff``; :meth:`domain` gives the same backend in another one."""
+
+    def __init__(self) -> None:
+        self._domains: dict[str, _Backend] = {}
+
     def push(self, name: str) -> None:
         raise NotImplementedError
 
     def pop(self) -> None:
         raise NotImplementedError
 
+    def domain(self, name: str) -> _Backend:
+        if name not in self._domains:
+            self._domains[name] = self._in_domain(name)
+        return self._domains[name]
+
+    def _in_domain(self, name: str) -> _Backend:
+        raise NotImplementedError
+
 
 class _NvtxBackend(_Backend):
-    def __init__(self) -> None:
+    def __init__(self, domain: str = DOMAIN) -> None:
         import nvtx
 
-        self._domain = nvtx.get_domain(DOMAIN)
+        super().__init__()
+        self._domain = nvtx.get_domain(domain)
         self._attrs: dict[str, Any] = {}
 
     def push(self, name: str) -> None:
@@ -72,11 +94,15 @@ class _NvtxBackend(_Backend):
     def pop(self) -> None:
         self._domain.pop_range()
 
+    def _in_domain(self, name: str) -> _Backend:
+        return _NvtxBackend(name)
+
 
 class _TorchBackend(_Backend):
     def __init__(self) -> None:
         import torch
 
+        super().__init__()
         if not torch.cuda.is_available():
             raise RuntimeError("nvtx backend 'torch' needs a CUDA build of PyTorch and a GPU")
         self._nvtx = torch.cuda.nvtx
@@ -87,20 +113,26 @@ class _TorchBackend(_Backend):
     def pop(self) -> None:
         self._nvtx.range_pop()
 
+    def _in_domain(self, name: str) -> _Backend:
+        return self  # torch.cuda.nvtx has one (default) domain
+
 
 class RecordingBackend(_Backend):
-    """Keeps every push/pop in memory: ``events`` is a list of (``"push"|"pop"``, name, tid)."""
+    """Keeps every push/pop in memory: ``events`` is a list of (``"push"|"pop"``, name, tid);
+    ranges of another domain are named ``"<domain>:<name>"``, as ``nsys stats`` shows them."""
 
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, int]] = []
-        self._stacks: dict[int, list[str]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, prefix: str = "", parent: RecordingBackend | None = None) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str, int]] = parent.events if parent else []
+        self._lock = parent._lock if parent else threading.Lock()
+        self._stacks: dict[int, list[str]] = {}  # NVTX keeps one stack per thread and domain
+        self._prefix = prefix
 
     def push(self, name: str) -> None:
         tid = threading.get_ident()
         with self._lock:
-            self._stacks.setdefault(tid, []).append(name)
-            self.events.append(("push", name, tid))
+            self._stacks.setdefault(tid, []).append(self._prefix + name)
+            self.events.append(("push", self._prefix + name, tid))
 
     def pop(self) -> None:
         tid = threading.get_ident()
@@ -109,6 +141,9 @@ class RecordingBackend(_Backend):
             if not stack:
                 raise RuntimeError(f"nvtx: pop without a matching push on thread {tid}")
             self.events.append(("pop", stack.pop(), tid))
+
+    def _in_domain(self, name: str) -> _Backend:
+        return RecordingBackend(f"{name}:", parent=self)
 
 
 _BACKENDS: dict[str, Callable[[], _Backend]] = {
@@ -128,8 +163,12 @@ def enable(backend: str = "nvtx") -> _Backend:
 
 
 def disable() -> None:
-    global _backend
+    """Ranges off; also stops instrumenting new backbones (see :func:`instrument_new_models`)."""
+    global _backend, _model_hook
     _backend = None
+    if _model_hook is not None:
+        _model_hook.remove()
+        _model_hook = None
 
 
 def enabled() -> bool:
@@ -165,6 +204,100 @@ def mark(name: str) -> None:
     """An instantaneous event (only the nvtx backend shows it)."""
     if isinstance(_backend, _NvtxBackend):
         _backend._domain.mark(_backend._domain.get_event_attributes(message=name))
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` is in :data:`RANGE_NAMES` (``<i>`` standing for a block index)."""
+    head, _, index = name.rpartition(".")
+    return name in RANGE_NAMES or (index.isdigit() and f"{head}.<i>" in RANGE_NAMES)
+
+
+def forward_deepspeed_ranges() -> bool:
+    """Send DeepSpeed's own ranges to the active backend, domain ``DeepSpeed``, when its
+    accelerator cannot emit them itself (CPU); returns whether they are now forwarded.
+
+    DeepSpeed emits every range (``@instrument_w_nvtx`` on ZeRO and engine functions, and its
+    direct calls) through ``get_accelerator().range_push(msg)`` / ``.range_pop()``, and the CPU
+    accelerator defines both as no-ops. The accelerator is one object per process, so two
+    instance attributes shadowing those methods on it are the whole patch; they route to the
+    backend active at call time (nothing once ranges are off). Accelerators that have NVTX
+    domains (CUDA) already emit to ``DeepSpeed`` and are left alone.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if _backend is None or getattr(accelerator, "supports_nvtx_domain", False):
+        return False
+
+    def range_push(msg: str, domain: str | None = None, category: Any = None) -> None:
+        if _backend is not None:
+            _backend.domain(DEEPSPEED_DOMAIN).push(msg)
+
+    def range_pop(domain: str | None = None) -> None:
+        if _backend is not None:
+            _backend.domain(DEEPSPEED_DOMAIN).pop()
+
+    _backend.domain(DEEPSPEED_DOMAIN)  # made now, before any other thread can push
+    accelerator.range_push, accelerator.range_pop = range_push, range_pop
+    return True
+
+
+def _block_groups(module: Any) -> list[tuple[str, list]]:
+    """(range prefix, blocks) of a backbone; empty for any other module."""
+    from hpcdiff.models.dit import DiT
+    from hpcdiff.models.song_unet import SongUNet
+
+    if isinstance(module, SongUNet):
+        return [("model.enc", list(module.enc.values())), ("model.dec", list(module.dec.values()))]
+    if isinstance(module, DiT):
+        return [("model.block", list(module.blocks))]
+    return []
+
+
+def instrument_model(module: Any) -> int:
+    """Ranges ``model.enc.<i>`` / ``model.dec.<i>`` (SongUNet) and ``model.block.<i>`` (DiT)
+    around the blocks of every backbone in ``module``, as forward pre/post hooks (popped
+    even when a block raises); backbones already done are skipped. Returns hooks added."""
+    added = 0
+    for sub in module.modules():
+        groups = _block_groups(sub)
+        if not groups or getattr(sub, "_nvtx_block_ranges", False):
+            continue
+        for prefix, blocks in groups:
+            for i, block in enumerate(blocks):
+                r = range(f"{prefix}.{i}")
+                block.register_forward_pre_hook(lambda m, args, r=r: r.__enter__())
+                block.register_forward_hook(lambda m, a, out, r=r: r.__exit__(), always_call=True)
+                added += 1
+        sub._nvtx_block_ranges = True  # copies (deepcopy) keep hooks and flag together
+    return added
+
+
+def instrument_new_models() -> None:
+    """:func:`instrument_model` on every backbone as it is attached to a parent module from
+    now on (a module registration hook: nothing runs per forward; until :func:`disable`)."""
+    global _model_hook
+    if _model_hook is None:
+        from torch.nn.modules.module import register_module_module_registration_hook
+
+        def attached(parent: Any, name: str, sub: Any) -> None:
+            if sub is not None and _block_groups(sub):
+                instrument_model(sub)
+
+        _model_hook = register_module_module_registration_hook(attached)
+
+
+def configure(profiling: Any, device: Any) -> None:
+    """Apply the config section ``profiling``: ranges on with ``nvtx`` (unless ``HPCDIFF_NVTX``
+    already chose a backend; ``torch`` on CUDA), and whenever ranges are on, DeepSpeed's ranges
+    forwarded and, with ``model_ranges``, block ranges in backbones built from now on."""
+    if profiling.nvtx and _backend is None:
+        enable("torch" if device.type == "cuda" else "nvtx")
+    if _backend is None:
+        return
+    forward_deepspeed_ranges()
+    if profiling.model_ranges:
+        instrument_new_models()
 
 
 if os.environ.get("HPCDIFF_NVTX", "").lower() in ("1", "true", "nvtx"):

@@ -10,6 +10,8 @@ Inputs (mix freely; each file or process counts as one rank):
 Columns: count, total ms, mean ms, % of the root range (``train.step`` or ``sample`` by
 default), and imbalance = max over ranks / mean over ranks of the range's total time (1.00 is
 perfectly balanced). Usage: ``summarize.py [--root NAME] [--domain hpcdiff] INPUT...``.
+``--domain DeepSpeed`` shows DeepSpeed's own ranges (forwarded when profiling is on), and
+``--domain ''`` every domain, names written ``domain:name`` as ``nsys stats`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_ROOTS = ("train.step", "sample")
+DEFAULT_ROOTS = ("train.step", "sample", "hpcdiff:train.step", "hpcdiff:sample")
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,20 @@ def read_recorder_dir(directory: str | Path) -> list[Process]:
 Totals = dict[str, tuple[int, float]]  # range name -> (count, total ns)
 
 
+def _key(name: str, domain: str, only: str | None) -> str | None:
+    """The table name of a range: bare within ``only``, ``domain:name`` when showing all."""
+    if only is not None:
+        return name if domain == only else None
+    return f"{domain}:{name}" if domain else name
+
+
 def totals_from_process(proc: Process, domain: str | None = "hpcdiff") -> Totals:
     out: dict[str, tuple[int, float]] = {}
     for r in proc.ranges:
-        if domain is None or r.domain == domain:
-            count, total = out.get(r.name, (0, 0.0))
-            out[r.name] = (count + 1, total + (r.end_ns - r.start_ns))
+        key = _key(r.name, r.domain, domain)
+        if key is not None:
+            count, total = out.get(key, (0, 0.0))
+            out[key] = (count + 1, total + (r.end_ns - r.start_ns))
     return out
 
 
@@ -150,8 +160,9 @@ def totals_from_nsys_sqlite(path: str | Path, domain: str | None = "hpcdiff") ->
     out: dict[int, dict[str, tuple[int, float]]] = {}
     with sqlite3.connect(str(path)) as db:
         for pid, dom, name, count, total in db.execute(query):
-            if domain is None or dom == domain:
-                out.setdefault(int(pid), {})[name] = (int(count), float(total))
+            key = _key(name, dom or "", domain)
+            if key is not None:
+                out.setdefault(int(pid), {})[key] = (int(count), float(total))
     return out
 
 
@@ -197,15 +208,23 @@ def table(per_rank: dict[str, Totals], root: str | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: -r["total_ms"])
 
 
+def _fit(name: str, width: int) -> str:
+    """``name`` cut to ``width - 1`` characters, keeping its end (DeepSpeed's qualified names)."""
+    return name if len(name) < width else "..." + name[len(name) - width + 4 :]
+
+
 def format_table(rows: list[dict], ranks: int, root: str | None) -> str:
-    head = f"{'range':<18}{'count':>7}{'total ms':>11}{'mean ms':>10}"
-    head += f"{'% ' + (root or 'root'):>14}{'imbalance':>11}"
+    width = min(max([18, *(len(r["range"]) + 2 for r in rows)]), 56)
+    pct_head = "% " + (root or "root")
+    pw = max(14, len(pct_head) + 2)
+    head = f"{'range':<{width}}{'count':>7}{'total ms':>11}{'mean ms':>10}"
+    head += f"{pct_head:>{pw}}{'imbalance':>11}"
     out = [f"NVTX ranges over {ranks} rank(s)", head]
     for r in rows:
         pct = f"{r['pct_root']:.1f}" if r["pct_root"] is not None else "-"
         out.append(
-            f"{r['range']:<18}{r['count']:>7}{r['total_ms']:>11.3f}{r['mean_ms']:>10.3f}"
-            f"{pct:>14}{r['imbalance']:>11.2f}"
+            f"{_fit(r['range'], width):<{width}}{r['count']:>7}{r['total_ms']:>11.3f}"
+            f"{r['mean_ms']:>10.3f}{pct:>{pw}}{r['imbalance']:>11.2f}"
         )
     return "\n".join(out)
 

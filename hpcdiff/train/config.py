@@ -87,9 +87,12 @@ class DiffusionConfig:
 @dataclass
 class ProfilingConfig:
     """Section ``profiling``: NVTX ranges (see ``hpcdiff.nvtx.RANGE_NAMES``) and a capture
-    window of optimizer steps [start, stop) (see :mod:`hpcdiff.train.profile_window`)."""
+    window of optimizer steps [start, stop) (see :mod:`hpcdiff.train.profile_window`).
+    ``model_ranges`` adds ranges around backbone blocks (``model.enc.<i>``, ``model.dec.<i>``,
+    ``model.block.<i>``) when ranges are on; off, no hook is registered."""
 
     nvtx: bool = False
+    model_ranges: bool = False  # ranges around every SongUNet enc/dec entry and DiT block
     capture_steps: tuple[int, int] | None = None  # cudaProfilerStart/Stop around these steps
     torch_trace: bool = False  # Chrome trace per rank of the capture window (torch.profiler)
 

@@ -154,8 +154,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     ctx = init_distributed(cfg.dist)
     rank, world, device = ctx.env.rank, ctx.env.world_size, ctx.device
     require_tensorboard(cfg.run.tensorboard)  # every rank stops, before any work
-    if cfg.profiling.nvtx:
-        nvtx.enable("torch" if device.type == "cuda" else "nvtx")
+    nvtx.configure(cfg.profiling, device)  # ranges, DeepSpeed's ranges, block ranges
     run_dir = cfg.run.dir
 
     # Data: this rank's window of the grid, for the training times of its data group.

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `profhelpers`
-from profhelpers import PROFILING, STEPS, run
+from profhelpers import PROFILING, STEPS, readme_run, run
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +31,12 @@ def tiny_run(tmp_path_factory):
     }  # fmt: skip
     (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return work
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_run):
+    """``runs/tiny`` trained on 2 ranks under the recorder (README command); its stdout."""
+    return readme_run("rec_train", cwd=tiny_run).stdout
 
 
 @pytest.fixture(scope="session")
