@@ -26,15 +26,38 @@ def linear_embedding(H: int, W: int) -> Tensor:
     return torch.from_numpy(np.stack([gy, gx], axis=0)).float()
 
 
-def sinusoidal_embedding(H: int, W: int, channels: int) -> Tensor:
+def sinusoidal_embedding(
+    H: int,
+    W: int,
+    channels: int,
+    rows: Tensor | None = None,
+    cols: Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """(C, H, W) Fourier features of (y, x) in [0, 2 pi]: for frequencies f = 2^k,
-    k < C / 4, the channels sin(f x), sin(f y), cos(f x), cos(f y)."""
-    gx, gy = np.meshgrid(np.linspace(0, 2 * np.pi, W), np.linspace(0, 2 * np.pi, H))
-    grids = []
+    k < C / 4, the channels sin(f x), sin(f y), cos(f x), cos(f y).
+
+    ``rows`` (..., h) and ``cols`` (..., w), integer indices into the H x W grid, select a
+    window instead: (..., C, h, w), with the same values as indexing the full embedding (each
+    channel depends on one axis, so only the 1D features are computed, in float64).
+
+    >>> full = sinusoidal_embedding(6, 5, 8)
+    >>> rows, cols = torch.tensor([[1, 2], [4, 5]]), torch.tensor([[0, 1, 2], [2, 3, 4]])
+    >>> win = sinusoidal_embedding(6, 5, 8, rows, cols)  # (2, 8, 2, 3): two windows
+    >>> torch.equal(win[1], full[:, 4:6, 2:5])
+    True
+    """
+    y, x = np.linspace(0, 2 * np.pi, H), np.linspace(0, 2 * np.pi, W)
+    y = y if rows is None else y[np.asarray(rows.cpu())]
+    x = x if cols is None else x[np.asarray(cols.cpu())]
+    out = torch.empty((*y.shape[:-1], channels, y.shape[-1], x.shape[-1]), device=device)
+    c = 0
     for f in 2.0 ** np.arange(channels // 4):
         for fn in (np.sin, np.cos):
-            grids += [fn(f * gx), fn(f * gy)]
-    return torch.from_numpy(np.stack(grids, axis=0)).float()
+            out[..., c, :, :] = torch.from_numpy(fn(f * x).astype(np.float32))[..., None, :]
+            out[..., c + 1, :, :] = torch.from_numpy(fn(f * y).astype(np.float32))[..., :, None]
+            c += 2
+    return out
 
 
 def _flags(value: bool | dict[str, bool], name: str) -> defaultdict[str, bool]:
@@ -109,10 +132,43 @@ class MultiDiffusionModel2D(Module):
         self._condition_has_per_key_flags = isinstance(condition_patch, dict) or isinstance(
             condition_interp, dict
         )
+        self.pos_embd_kind = positional_embedding
         if positional_embedding is None:
             self.pos_embd: Tensor | None = None
         else:
             self._init_positional_embedding(positional_embedding, channels_positional_embedding)
+
+    def __getattr__(self, name: str) -> Any:
+        lazy = name == "pos_embd" and "_sinusoidal_channels" in self.__dict__
+        if lazy and "pos_embd" not in self.__dict__["_buffers"]:
+            # The full sinusoidal embedding, built on first use (single-device paths) on the
+            # module's device and kept as a non-persistent buffer, as the reference keeps it.
+            # Assigned to _buffers directly: register_buffer's hasattr check would recurse.
+            pe = sinusoidal_embedding(*self.global_spatial_shape, self._sinusoidal_channels,
+                                      device=self._patch_shape.device)  # fmt: skip
+            self._buffers["pos_embd"] = pe
+            self._non_persistent_buffers_set.add("pos_embd")
+            return pe
+        return super().__getattr__(name)
+
+    @property
+    def has_pos_embd(self) -> bool:
+        """Whether a positional embedding is injected (without building a lazy one)."""
+        return self.pos_embd_kind is not None
+
+    def positional_embedding_at(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """The positional embedding (..., C_PE, h, w) at global ``rows`` (..., h) x ``cols``
+        (..., w) (integer indices into the global grid). The sinusoidal one is computed from
+        its closed form, so no rank holds it on the global grid."""
+        if not self.has_pos_embd:
+            raise RuntimeError("this model has no positional embedding")
+        if "_sinusoidal_channels" in self.__dict__ and "pos_embd" not in self._buffers:
+            H, W = self.global_spatial_shape
+            return sinusoidal_embedding(H, W, self._sinusoidal_channels, rows, cols,
+                                        device=self._patch_shape.device)  # fmt: skip
+        pe = self.pos_embd
+        rows, cols = rows.to(pe.device), cols.to(pe.device)
+        return pe[:, rows[..., :, None], cols[..., None, :]].movedim(0, -3)
 
     def _init_positional_embedding(self, kind: str, C: int) -> None:
         H, W = self.global_spatial_shape
@@ -131,7 +187,9 @@ class MultiDiffusionModel2D(Module):
                     f"channels_positional_embedding must be a multiple of 4 for 'sinusoidal' "
                     f"positional embedding, got {C}."
                 )
-            self.register_buffer("pos_embd", sinusoidal_embedding(H, W, C), persistent=False)
+            # No global buffer now: windows are computed from the closed form
+            # (positional_embedding_at); ``pos_embd`` is built on first access (__getattr__).
+            self._sinusoidal_channels = C
         else:
             raise ValueError(
                 "positional_embedding must be 'learnable', 'sinusoidal', 'linear', or None, "
@@ -304,7 +362,14 @@ class MultiDiffusionModel2D(Module):
 
     def _patched_pos_embd(self, batch_size: int) -> Tensor:
         """Patches of the positional embedding for every sample: (P B, C_PE, Hp, Wp)."""
-        pe = self._active_patching().apply(self.pos_embd.unsqueeze(0))  # (P, C_PE, Hp, Wp)
+        patching = self._active_patching()
+        if isinstance(patching, RandomPatching2D):  # patches inside the grid: index it
+            (Hp, Wp), corners = patching.patch_shape, patching.patch_indices
+            rows = corners[:, :1] + torch.arange(Hp, device=corners.device)  # (P, Hp)
+            cols = corners[:, 1:] + torch.arange(Wp, device=corners.device)  # (P, Wp)
+            pe = self.positional_embedding_at(rows, cols)
+        else:  # grid patches reach into the reflect-padded boundary
+            pe = patching.apply(self.pos_embd.unsqueeze(0))  # (P, C_PE, Hp, Wp)
         return pe.repeat_interleave(batch_size, dim=0)  # row p B + b holds patch p
 
     def _inject_patched_pos_embd(
@@ -339,7 +404,7 @@ class MultiDiffusionModel2D(Module):
     ) -> Tensor:
         """Model output on the patches (P B, C, Hp, Wp), fused to (B, C, H, W) when grid
         patching was set with ``fuse=True``; ``*_is_patched`` skip the conversions."""
-        use_pe = self.pos_embd is not None and not self._skip_positional_embedding_injection
+        use_pe = self.has_pos_embd and not self._skip_positional_embedding_injection
         patching = self._patching
         if patching is None:
             if not torch.compiler.is_compiling():

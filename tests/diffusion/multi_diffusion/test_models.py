@@ -74,6 +74,33 @@ def test_positional_embedding_is_patched_with_the_state():
     assert md.pos_embd.grad.sum() == pe.numel()
 
 
+@pytest.mark.parametrize("kind, C", [("sinusoidal", 8), ("linear", 2), ("learnable", 3)])
+def test_positional_embedding_at_global_positions_without_the_global_embedding(kind, C):
+    H, W = 37, 53
+    md = MultiDiffusionModel2D(Recorder(), (H, W), kind, channels_positional_embedding=C)
+    torch.manual_seed(1)
+    rows = torch.randint(0, H, (3, 6))  # any indices, e.g. reflected ones
+    cols = torch.randint(0, W, (3, 4))
+    lazy = kind == "sinusoidal"
+    held = lambda: "pos_embd" in md._buffers or "pos_embd" in md._parameters  # noqa: E731
+    assert md.has_pos_embd and held() != lazy  # sinusoidal: nothing global yet
+    at = md.positional_embedding_at(rows, cols)  # (3, C, 6, 4); sinusoidal: closed form
+    corners = [[0, 0], [31, 49], [5, 17]]
+    md.set_random_patching((6, 4), patch_num=3)
+    md.set_patch_indices(torch.tensor(corners))
+    md(torch.zeros(1, 1, H, W), torch.zeros(1))  # the training path: patches by index
+    injected = md.model.seen["condition"]["positional_embedding"]
+    assert held() != lazy
+    full = md.pos_embd  # sinusoidal: built now, once, like the reference's buffer
+    assert full.shape == (C, H, W) and md.pos_embd is full
+    want = torch.stack([full[:, r][:, :, c] for r, c in zip(rows, cols)])
+    assert at.shape == (3, C, 6, 4) and torch.equal(at, want)  # bit for bit
+    for p, (r, c) in enumerate(corners):
+        assert torch.equal(injected[p], full[:, r : r + 6, c : c + 4])
+    if lazy:
+        assert "pos_embd" not in md.state_dict()
+
+
 def test_condition_strategies():
     inner = Recorder()
     md = MultiDiffusionModel2D(
