@@ -1,10 +1,13 @@
-"""Process mesh for domain decomposition and the halo exchange between tiles.
+"""Process mesh for domain decomposition, the halo exchange between tiles, and noise that does
+not depend on the decomposition.
 
 The world is ``data groups x domain groups``: ranks ``g D .. g D + D - 1`` (D = py px) form
 data group ``g`` and split one global (H, W) field into the tiles of a ``(py, px)`` process
 grid (row-major, :func:`hpcdiff.data.tiles.split_domain`). A rank holds its tile of each
 field; the halo exchange moves only the rectangles where one rank's tile meets another rank's
-region of interest (point-to-point ``isend`` / ``irecv`` on gloo or nccl).
+region of interest (point-to-point ``isend`` / ``irecv`` on gloo or nccl). Noise is drawn in
+fixed blocks of the global grid keyed by (seed, block), never by rank
+(:func:`block_noise`, :class:`DomainDecomposedNoiseScheduler`).
 
 >>> mesh = DomainMesh.single((10, 7))
 >>> mesh.tile, mesh.domain_size
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -25,6 +30,7 @@ from hpcdiff import nvtx
 from hpcdiff.data.tiles import Tile, split_domain
 
 Tensor = torch.Tensor
+NOISE_BLOCK = 64
 
 
 def intersect(a: Tile | None, b: Tile | None) -> Tile | None:
@@ -126,18 +132,42 @@ class HaloStats:
     sent_bytes: int = 0
 
 
-def _exchange(sends: list[tuple[int, Tensor]], recvs: list[tuple[int, Tensor]]) -> None:
-    """Post every send and receive (global peer ranks), then wait for all of them."""
+def _post(sends: list[tuple[int, Tensor]], recvs: list[tuple[int, Tensor]]) -> list:
+    """Post every send and receive (global peer ranks) without waiting; their work handles.
+    The send tensors are kept in the handles' list so they outlive the transfer."""
     HaloStats.sent_bytes += sum(t.numel() * t.element_size() for _, t in sends)
-    works = [dist.isend(t.contiguous(), peer) for peer, t in sends]
+    sends = [(peer, t.contiguous()) for peer, t in sends]
+    works = [dist.isend(t, peer) for peer, t in sends]
     works += [dist.irecv(t, peer) for peer, t in recvs]
-    for work in works:
-        work.wait()
+    return [works, sends]
 
 
-def gather_region(local: Tensor, mesh: DomainMesh, regions: Sequence[Tile | None]) -> Tensor:
-    """Halo exchange of values: from the tiles ``local`` (B, C, h, w) of all domain ranks,
-    assemble on every rank the field on its own ``regions[domain_rank]`` (B, C, h', w')."""
+def _wait(posted: list) -> None:
+    with nvtx.range("comm.halo"):
+        for work in posted[0]:
+            work.wait()
+
+
+class PendingRegion:
+    """A halo gather in flight (:func:`start_gather`); :meth:`wait` returns its region."""
+
+    def __init__(self, out: Tensor, want: Tile | None, posted: list, blocks: list) -> None:
+        self._out, self._want, self._posted, self._blocks = out, want, posted, blocks
+
+    def wait(self) -> Tensor:
+        """Finish the receives and return the region (B, C, h', w')."""
+        if self._posted:
+            _wait(self._posted)
+            for take, buf in self._blocks:
+                _local(self._out, take, self._want).copy_(buf)
+            self._posted, self._blocks = [], []
+        return self._out
+
+
+def start_gather(local: Tensor, mesh: DomainMesh, regions: Sequence[Tile | None]) -> PendingRegion:
+    """Post the halo exchange of values that assembles, from the tiles ``local`` (B, C, h, w)
+    of all domain ranks, the field on every rank's ``regions[domain_rank]``; compute can run
+    until :meth:`PendingRegion.wait`."""
     me = mesh.domain_rank
     want = regions[me]
     B, C = local.shape[:2]
@@ -146,7 +176,7 @@ def gather_region(local: Tensor, mesh: DomainMesh, regions: Sequence[Tile | None
     if own is not None:
         _local(out, own, want).copy_(_local(local, own, mesh.tile))
     if mesh.domain_size == 1:
-        return out
+        return PendingRegion(out, want, [], [])
     sends, recvs, blocks = [], [], []
     for r, tile in enumerate(mesh.tiles):
         if r == me:
@@ -159,39 +189,191 @@ def gather_region(local: Tensor, mesh: DomainMesh, regions: Sequence[Tile | None
             buf = local.new_empty((B, C, *take.shape))
             recvs.append((mesh.global_rank(r), buf))
             blocks.append((take, buf))
-    with nvtx.range("comm.halo"):
-        _exchange(sends, recvs)
-    for take, buf in blocks:
-        _local(out, take, want).copy_(buf)
-    return out
+    return PendingRegion(out, want, _post(sends, recvs), blocks)
+
+
+def gather_region(local: Tensor, mesh: DomainMesh, regions: Sequence[Tile | None]) -> Tensor:
+    """Halo exchange of values: from the tiles ``local`` (B, C, h, w) of all domain ranks,
+    assemble on every rank the field on its own ``regions[domain_rank]`` (B, C, h', w')."""
+    return start_gather(local, mesh, regions).wait()
 
 
 def reduce_regions(
-    acc: Tensor | None, mesh: DomainMesh, regions: Sequence[Tile | None], out: Tensor
+    acc: Tensor, frame: Tile, mesh: DomainMesh, regions: Sequence[Tile | None]
 ) -> Tensor:
-    """Reverse halo exchange: every rank's partial sums ``acc`` (B, C, h', w') over its
-    ``regions[domain_rank]`` are added, in domain-rank order, into the owners' tiles ``out``
-    (B, C, h, w), in place."""
-    me = mesh.domain_rank
-    mine = regions[me]
-    B, C = out.shape[:2]
+    """Reverse halo exchange: every rank's partial sums ``acc`` (B, C, h', w') over ``frame``
+    (which contains its tile and ``regions[domain_rank]``, where the sums may be non-zero)
+    are added, in domain-rank order, into their owners' tiles; returns the view of ``acc``
+    on this rank's tile, which then holds the total."""
+    me, tile = mesh.domain_rank, mesh.tile
+    B, C = acc.shape[:2]
     sends, recvs, blocks = [], [], []
     for r in range(mesh.domain_size):
-        part = intersect(regions[r], mesh.tile)
         if r == me:
-            if part is not None:
-                blocks.append((part, _local(acc, part, mine)))
             continue
-        give = intersect(mine, mesh.tiles[r])
+        give = intersect(regions[me], mesh.tiles[r])
         if give is not None:
-            sends.append((mesh.global_rank(r), _local(acc, give, mine)))
+            sends.append((mesh.global_rank(r), _local(acc, give, frame)))
+        part = intersect(regions[r], tile)
         if part is not None:
-            buf = out.new_empty((B, C, *part.shape))
+            buf = acc.new_empty((B, C, *part.shape))
             recvs.append((mesh.global_rank(r), buf))
             blocks.append((part, buf))
-    if mesh.domain_size > 1:
-        with nvtx.range("comm.halo"):
-            _exchange(sends, recvs)
+    if sends or recvs:
+        _wait(_post(sends, recvs))
     for part, values in blocks:
-        _local(out, part, mesh.tile).add_(values)
-    return out
+        _local(acc, part, frame).add_(values)
+    return _local(acc, tile, frame)
+
+
+def broadcast_in_group(t: Tensor, mesh: DomainMesh) -> Tensor:
+    """``t`` of the domain group's first rank, on every rank of the group (in place)."""
+    if mesh.domain_size == 1:
+        return t
+    lead = mesh.global_rank(0)
+    if mesh.domain_rank == 0:
+        works = [dist.isend(t, mesh.global_rank(r)) for r in range(1, mesh.domain_size)]
+    else:
+        works = [dist.irecv(t, lead)]
+    for work in works:
+        work.wait()
+    return t
+
+
+def _block_seed(seed: int, stream: int, by: int, bx: int) -> int:
+    """A 63-bit generator seed for noise block (by, bx) of draw ``stream`` of sample ``seed``."""
+    state = np.random.SeedSequence([int(seed), stream, by, bx]).generate_state(2, np.uint64)
+    return int(state[0]) & (2**63 - 1)
+
+
+def block_noise(
+    seeds: Sequence[int], channels: int, tile: Tile, block: int = NOISE_BLOCK,
+    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", stream: int = 0,
+) -> Tensor:  # fmt: skip
+    """Standard normal noise (E, C, h, w) on ``tile`` of the global grid, E = len(seeds): each
+    (block x block) square of the global grid draws from its own generator seeded by (seed,
+    ``stream``, block row, block col), so any decomposition yields the same global field;
+    ``stream`` numbers the draws of one sampling run (0: initial latents)."""
+    out = torch.empty((len(seeds), channels, *tile.shape), dtype=dtype)
+    for by in range(tile.row0 // block, -(-tile.row1 // block)):
+        for bx in range(tile.col0 // block, -(-tile.col1 // block)):
+            square = Tile.at((by * block, bx * block), (block, block))
+            part = intersect(square, tile)
+            src, dst = part.relative_to(square).slices(), part.relative_to(tile).slices()
+            for e, seed in enumerate(seeds):
+                gen = torch.Generator().manual_seed(_block_seed(seed, stream, by, bx))
+                z = torch.randn((channels, block, block), generator=gen, dtype=dtype)
+                out[e, :, dst[0], dst[1]] = z[:, src[0], src[1]]
+    return out.to(device)
+
+
+class DomainDecomposedNoiseScheduler:
+    """A noise scheduler over the tiles of a domain group (cf. the reference's domain-parallel
+    scheduler): the tiles of one sample share its noise level, not its noise field. The
+    wrapped scheduler's math is unchanged and single-device.
+
+    * :meth:`sample_time`: the group's first rank draws, the others receive its times.
+    * :meth:`init_latents`: this rank's tile of x_N = sigma(t_N) eps, eps from
+      :func:`block_noise` keyed by (sample seed, global position): every tiling gives the
+      same global x_N.
+    * :meth:`add_noise`: alpha(t) x0 + sigma(t) eps on the tile, eps from this rank's
+      generator (seed ranks differently, as the trainer does, so tiles draw independently).
+    * Everything else (``timesteps``, ``loss_weight``, ``get_denoiser``, ``sigma`` ...): the
+      wrapped scheduler's.
+
+    Parameters
+    ----------
+    scheduler : LinearGaussianNoiseScheduler
+    mesh : DomainMesh
+        This rank's tile; ``mesh.shape`` is the global (H, W).
+    seeds : sequence of int, optional
+        One seed per sample of the batch; needed by :meth:`init_latents`.
+
+    >>> from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler
+    >>> s = DomainDecomposedNoiseScheduler(EDMNoiseScheduler(), DomainMesh.single((8, 6)), [3])
+    >>> s.init_latents((2, 8, 6), s.timesteps(4)[:1]).shape
+    torch.Size([1, 2, 8, 6])
+    """
+
+    def __init__(self, scheduler: Any, mesh: DomainMesh, seeds: Sequence[int] | None = None):
+        from hpcdiff.diffusion.noise_schedulers import LinearGaussianNoiseScheduler
+
+        if not isinstance(scheduler, LinearGaussianNoiseScheduler):
+            raise ValueError(
+                "DomainDecomposedNoiseScheduler only wraps LinearGaussianNoiseScheduler, got "
+                f"{type(scheduler).__name__}."
+            )
+        self._inner, self.mesh = scheduler, mesh
+        self.seeds = None if seeds is None else [int(s) for s in seeds]
+
+    @property
+    def inner_scheduler(self) -> Any:
+        """The wrapped scheduler."""
+        return self._inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not yet set (copy / unpickle)
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def sample_time(
+        self, N: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """N times (N,) drawn by the domain group's first rank, identical on its tiles."""
+        t = self._inner.sample_time(N, device=device, dtype=dtype)
+        return broadcast_in_group(t.contiguous(), self.mesh)
+
+    def add_noise(self, x0: Tensor, time: Tensor) -> Tensor:
+        """x_t = alpha(t) x0 + sigma(t) eps on this rank's tile ``x0`` (B, C, h, w)."""
+        return self._inner.add_noise(x0, time)
+
+    def init_latents(
+        self,
+        spatial_shape: tuple[int, ...],
+        tN: Tensor,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """This rank's tile (B, C, h, w) of x_N = sigma(t_N) eps over the global
+        ``spatial_shape`` (C, H, W), eps from :func:`block_noise` of ``seeds``."""
+        from hpcdiff.diffusion.noise_schedulers import LinearGaussianNoiseScheduler
+
+        inner = type(self._inner)
+        if inner.init_latents is not LinearGaussianNoiseScheduler.init_latents:
+            raise ValueError(
+                f"{inner.__name__} draws non-Gaussian initial latents; tiled sampling "
+                "supports schedulers with Gaussian latents"
+            )
+        C, *grid = spatial_shape
+        if tuple(grid) != tuple(self.mesh.shape):
+            raise ValueError(
+                f"spatial_shape {tuple(spatial_shape)} does not match (C, H, W) with the "
+                f"mesh's global grid {tuple(self.mesh.shape)}"
+            )
+        if self.seeds is None or len(self.seeds) != tN.shape[0]:
+            raise ValueError(
+                f"init_latents needs one seed per sample: tN has {tN.shape[0]} samples, "
+                f"seeds={self.seeds}"
+            )
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        device = tN.device if device is None else device
+        eps = block_noise(self.seeds, C, self.mesh.tile, dtype=dtype, device=device)
+        return self._inner.sigma(tN.to(device).reshape(-1, 1, 1, 1)) * eps
+
+    def timesteps(
+        self,
+        num_steps: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """The wrapped scheduler's time grid (the same on every rank)."""
+        return self._inner.timesteps(num_steps, device=device, dtype=dtype)
+
+    def loss_weight(self, t: Tensor) -> Tensor:
+        return self._inner.loss_weight(t)
+
+    def get_denoiser(self, **kwargs: Any) -> Any:
+        """The wrapped scheduler's denoiser (pointwise in space: it works on tiles)."""
+        return self._inner.get_denoiser(**kwargs)

@@ -1,56 +1,201 @@
-"""Write generated ensembles: a CF-compliant NetCDF file and quick-look PNGs."""
+"""Write generated ensembles: one CF-compliant NetCDF file per run, tile by tile, and PNGs.
+
+No rank ever holds the global field: rank 0 lays the file out from the first target file
+(dimension names, the time / y / x coordinates and auxiliary coordinates with their
+attributes, each variable's attributes), then the ranks write their tiles in turn. Variables
+are not pre-filled (``set_fill_off``): every cell is written by exactly one rank.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hpcdiff.data.cf import EPOCH
+from hpcdiff.data.tiles import Tile
+
+# Encoding attributes of the input that do not describe the decoded float32 values written
+# (and every reserved "_..." attribute: fill value, quantization, storage).
+NOT_COPIED = {"missing_value", "scale_factor", "add_offset", "valid_range", "valid_min",
+              "valid_max", "actual_range"}  # fmt: skip
+CHUNK = 256  # spatial chunk edge of the written variables
+BAND = 1024  # rows per read / write when copying 2-D auxiliary coordinates
 
 
-def write_netcdf(
-    path: Path, ens: np.ndarray, truth: np.ndarray, times: list[int], variables: list[str],
-    source,
-) -> Path:  # fmt: skip
-    """``ens`` (E, T, C, H, W) and ``truth`` (T, C, H, W) to ``path`` atomically.
+def _attrs(var: Any) -> dict:
+    return {k: var.getncattr(k) for k in var.ncattrs() if k not in NOT_COPIED and k[0] != "_"}
 
-    Each variable ``v`` is written as ``v`` (member, time, y, x) and ``v_truth`` (time, y, x);
-    coordinates and time come from the target files (``source``: a ``GridSource``).
+
+def _epoch_to(values: np.ndarray, units: str, calendar: str) -> np.ndarray:
+    """Seconds since 1970 in ``calendar`` as numbers in the CF time ``units``."""
+    import cftime
+
+    dates = cftime.num2date(values, EPOCH, calendar=calendar)
+    return np.asarray(cftime.date2num(dates, units, calendar=calendar), dtype=np.float64)
+
+
+class SamplesFile:
+    """The CF NetCDF file of one sampling run: each variable ``v`` as ``v`` (member, time, y,
+    x) and the target as ``v_truth`` (time, y, x), float32, with the input's dimension
+    names, coordinates and attributes.
+
+    Parameters
+    ----------
+    path : Path
+        Written atomically (a hidden temp file renamed when every rank is done).
+    variables : list of str
+    source : GridSource
+        The target files (``hpcdiff.data``): times, calendar, first file's metadata.
+    shape : (H, W)
+        Global grid.
     """
+
+    def __init__(self, path: Path, variables: Sequence[str], source: Any, shape: Sequence[int]):
+        self.path, self.variables = Path(path), list(variables)
+        self.source, self.shape = source, (int(shape[0]), int(shape[1]))
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+
+    def write(self, rank: int, world: int, ensemble: int, times: Sequence[int],
+              ens: np.ndarray, truth: np.ndarray, tile: Tile, members: range,
+              truth_too: bool) -> Path:  # fmt: skip
+        """Collective: rank 0 lays the file out, then each rank in turn writes its tiles
+        ``ens`` (E_g, T, C, h, w) of ``members`` and, if ``truth_too``, ``truth`` (T, C, h, w)."""
+        from hpcdiff.distributed.collectives import barrier
+
+        if rank == 0:
+            self._guarded(self.layout, ensemble, times)
+        barrier()
+        for turn in range(world):
+            if turn == rank:
+                self._guarded(self.write_tile, tile, ens, members, truth if truth_too else None)
+            barrier()
+        if rank == 0:
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)  # no half-written file left behind
+            raise
+
+    def layout(self, ensemble: int, times: Sequence[int]) -> None:
+        """Create the (temp) file: dimensions, coordinates, unfilled variables, attributes."""
+        import netCDF4
+
+        first = self.source.files[0]
+        dims = first.variables[self.variables[0]].dims  # names in the input
+        tdim = dims.time or "time"
+        H, W = self.shape
+        with netCDF4.Dataset(first.path) as src, netCDF4.Dataset(self._tmp, "w") as nc:
+            nc.set_fill_off()
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            nc.setncatts({"Conventions": "CF-1.8", "title": "hpcdiff generated ensemble",
+                          "source": f"hpcdiff sample; target files like {Path(first.path).name}",
+                          "history": f"{now} hpcdiff sample"})  # fmt: skip
+            for name, size in (("member", ensemble), (tdim, len(times)), (dims.y, H), (dims.x, W)):
+                nc.createDimension(name, size)
+            member = nc.createVariable("member", "i4", ("member",))
+            member.setncatts({"standard_name": "realization", "long_name": "ensemble member"})
+            member[:] = np.arange(ensemble)
+            self._time(src, nc, tdim, times)
+            for axis, dim in (("Y", dims.y), ("X", dims.x)):
+                if dim in src.variables:
+                    self._copy(src, nc, dim)
+                else:
+                    self._index(nc, dim, axis)
+            for name in self._auxiliary(src, {dims.y, dims.x}):
+                self._copy(src, nc, name)
+            self._variables(src, nc, (tdim, dims.y, dims.x))
+
+    def _variables(self, src: Any, nc: Any, dims: tuple[str, str, str]) -> None:
+        """Unfilled float32 variables ``v`` (member, time, y, x) and ``v_truth`` (time, y, x)
+        with the input variable's attributes; NaN marks missing truth."""
+        chunks = tuple(min(n, CHUNK) for n in self.shape)
+        for name in self.variables:
+            attrs = _attrs(src[name])
+            v = nc.createVariable(
+                name, "f4", ("member", *dims), zlib=True, chunksizes=(1, 1, *chunks)
+            )
+            v.setncatts({**attrs, "comment": "generated by hpcdiff (multi-diffusion)"})
+            nan = np.float32(np.nan)
+            tv = nc.createVariable(
+                f"{name}_truth", "f4", dims, zlib=True, chunksizes=(1, *chunks), fill_value=nan
+            )
+            tv.setncatts({**attrs, "comment": "target from the input files (truth)"})
+
+    def _time(self, src: Any, nc: Any, tdim: str, times: Sequence[int]) -> None:
+        """The time coordinate with the input's attributes and units."""
+        source = self.source
+        epoch = source.times[np.asarray(times, dtype=np.int64)]
+        t = nc.createVariable(tdim, "f8", (tdim,))
+        attrs = _attrs(src[tdim]) if tdim in src.variables else {"standard_name": "time"}
+        attrs.update(units=attrs.get("units", EPOCH), calendar=source.calendar)
+        t.setncatts(attrs)
+        t[:] = _epoch_to(epoch, attrs["units"], source.calendar)
+
+    @staticmethod
+    def _auxiliary(src: Any, grid_dims: set[str]) -> list[str]:
+        """Auxiliary coordinates and grid mappings named by the variables, on (y, x) or
+        scalar."""
+        names = []
+        for var in src.variables.values():
+            refs = str(getattr(var, "coordinates", "")).split()
+            refs += str(getattr(var, "grid_mapping", "")).split()
+            names += [r for r in refs if r not in names and r in src.variables]
+        return [n for n in names if set(src[n].dimensions) <= grid_dims and n not in grid_dims]
+
+    @staticmethod
+    def _copy(src: Any, nc: Any, name: str) -> None:
+        """Copy variable ``name`` (attributes and values, 2-D ones in row bands)."""
+        var = src[name]
+        out = nc.createVariable(name, var.dtype, var.dimensions)
+        out.setncatts(_attrs(var))
+        if var.ndim == 2:
+            for r in range(0, var.shape[0], BAND):
+                out[r : r + BAND] = var[r : r + BAND]
+        else:
+            out[...] = var[...]
+
+    def _index(self, nc: Any, dim: str, axis: str) -> None:
+        var = nc.createVariable(dim, "f8", (dim,))
+        var.axis = axis
+        var[:] = np.arange(self.shape[0] if axis == "Y" else self.shape[1])
+
+    def write_tile(self, tile: Tile, ens: np.ndarray, members: range,
+                   truth: np.ndarray | None) -> None:  # fmt: skip
+        """Write this rank's ``ens`` (E_g, T, C, h, w) and ``truth`` (T, C, h, w) on ``tile``."""
+        import netCDF4
+
+        rows, cols = tile.slices()
+        every = slice(members.start, members.stop, members.step)
+        with netCDF4.Dataset(self._tmp, "a") as nc:
+            for c, name in enumerate(self.variables):
+                if len(members):
+                    nc[name][every, :, rows, cols] = ens[:, :, c]
+                if truth is not None:
+                    nc[f"{name}_truth"][:, rows, cols] = truth[:, c]
+
+
+def plot_file(path: Path, out_dir: Path, variables: list[str], pixels: int = 1024) -> list[Path]:
+    """Quick-look PNGs of the first time of a samples file, read every s-th cell so that at
+    most ``pixels`` cells per axis (never the whole global field) are loaded."""
     import netCDF4
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    E, T, _, H, W = ens.shape
-    try:
-        with netCDF4.Dataset(tmp, "w") as nc:
-            nc.Conventions = "CF-1.8"
-            nc.title = "hpcdiff generated ensemble"
-            for name, size in (("member", E), ("time", T), ("y", H), ("x", W)):
-                nc.createDimension(name, size)
-            t = nc.createVariable("time", "f8", ("time",))
-            t.units, t.calendar, t.standard_name = EPOCH, source.calendar, "time"
-            t[:] = source.times[np.asarray(times)]
-            for axis, coord in (("y", source.y_coord), ("x", source.x_coord)):
-                var = nc.createVariable(axis, "f8", (axis,))
-                var.axis = axis.upper()
-                var[:] = np.arange(H if axis == "y" else W) if coord is None else coord
-            nc.createVariable("member", "i4", ("member",))[:] = np.arange(E)
-            for c, name in enumerate(variables):
-                v = nc.createVariable(name, "f4", ("member", "time", "y", "x"), zlib=True,
-                                      chunksizes=(1, 1, min(H, 256), min(W, 256)))  # fmt: skip
-                v.long_name = f"generated {name}"
-                v[:] = ens[:, :, c]
-                tv = nc.createVariable(f"{name}_truth", "f4", ("time", "y", "x"), zlib=True,
-                                       fill_value=np.float32(np.nan))  # fmt: skip
-                tv.long_name = f"target {name}"
-                tv[:] = truth[:, c]
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written file left behind
-        raise
-    return path
+    with netCDF4.Dataset(path) as nc:
+        H, W = nc[variables[0]].shape[-2:]
+        s = max(1, math.ceil(max(H, W) / pixels))
+        ens = [np.ma.filled(nc[v][:, 0, ::s, ::s].astype(np.float32), np.nan) for v in variables]
+        truth = [np.ma.filled(nc[f"{v}_truth"][0, ::s, ::s].astype(np.float32), np.nan)
+                 for v in variables]  # fmt: skip
+    return plot_samples(out_dir, np.stack(ens, 1)[:, None], np.stack(truth)[None], variables)
 
 
 def plot_samples(out_dir: Path, ens: np.ndarray, truth: np.ndarray, variables: list[str]):

@@ -124,7 +124,7 @@ def _patched_param(value: Tensor, predictor: MultiDiffusionPredictor, y: Tensor)
         return value.reshape(())
     v = value.reshape((1,) * (4 - value.ndim) + tuple(value.shape))
     if v.shape[-2:] == (1, 1):  # per (sample, channel): (P B, C, 1, 1)
-        return v.expand(*y.shape[:2], 1, 1).repeat(predictor._P, 1, 1, 1)
+        return v.expand(*y.shape[:2], 1, 1).repeat(predictor.patch_num, 1, 1, 1)
     return predictor.patch_fn(torch.broadcast_to(v, y.shape).contiguous())
 
 

@@ -112,6 +112,31 @@ class MultiDiffusionPredictor(Predictor):
         """Patch shape (Hp, Wp) of the wrapped model."""
         return self._md_model.patch_shape
 
+    @property
+    def patching(self) -> GridPatching2D | None:
+        """The sampling grid set by :meth:`set_patching` (None before)."""
+        return self._patching
+
+    @property
+    def patch_num(self) -> int | None:
+        """Patches P of the sampling grid (None before :meth:`set_patching`)."""
+        return self._P
+
+    @property
+    def has_pos_embd(self) -> bool:
+        """Whether the wrapped model injects a positional embedding."""
+        return self._md_model.has_pos_embd
+
+    def positional_embedding_at(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """The wrapped model's positional embedding (..., C_PE, h, w) at global ``rows``
+        (..., h) x ``cols`` (..., w), without the global embedding when it is sinusoidal."""
+        return self._md_model.positional_embedding_at(rows, cols)
+
+    @property
+    def chunk_size(self) -> int | None:
+        """Patch rows per model call (None: all at once)."""
+        return self._chunk_size
+
     def set_patching(
         self,
         overlap_pix: int,
@@ -154,9 +179,7 @@ class MultiDiffusionPredictor(Predictor):
         self._patching = md._patching
         self._P = self._patching.patch_num
         self._cond_patched = md.patch_condition(self._cond_input)
-        self._pos_embd_patched = (
-            None if md.pos_embd is None else md.patch_x(md.pos_embd.unsqueeze(0))
-        )  # (P, C_PE, Hp, Wp)
+        self._pos_embd_patched = None  # see _pos_embd_rows
 
     def _check_patching_set(self) -> None:
         if not torch.compiler.is_compiling() and self._patching is None:
@@ -181,21 +204,48 @@ class MultiDiffusionPredictor(Predictor):
             )
         return self._md_model.fuse(patched, batch_size=patched.shape[0] // P)
 
-    def _condition_rows(self, start: int, stop: int, B: int) -> Tensor | TensorDict | None:
-        """Rows [start, stop) of the patched condition, with the positional embedding."""
+    def _condition_rows(
+        self,
+        start: int,
+        stop: int,
+        B: int,
+        pos_embd_rows: Tensor | None = None,
+        condition_rows: Tensor | TensorDict | None = None,
+    ) -> Tensor | TensorDict | None:
+        """Rows [start, stop) of the patched condition (``condition_rows`` if given), with the
+        positional embedding (the rows of the patched grid embedding unless given)."""
         cond = self._cond_patched
-        if cond is not None:
+        if condition_rows is not None:
+            if cond is not None:
+                raise ValueError(
+                    "condition_rows were given but the predictor has a condition bound; "
+                    "construct it with condition=None to pass patched condition rows"
+                )
+            cond = condition_rows
+        elif cond is not None:
             if not torch.compiler.is_compiling() and cond.shape[0] != self._P * B:
                 raise ValueError(
                     f"condition was bound for batch size {cond.shape[0] // self._P} but x has "
                     f"batch size {B}"
                 )
             cond = cond[start:stop]
-        if self._pos_embd_patched is not None:
-            pe = self._pos_embd_patched
-            rows = torch.arange(start, stop, device=pe.device) // B  # patch index of each row
-            cond = self._md_model._inject_patched_pos_embd(cond, pe[rows], stop - start)
+        if self._md_model.has_pos_embd:
+            if pos_embd_rows is None:
+                pos_embd_rows = self._pos_embd_rows(start, stop, B)
+            cond = self._md_model._inject_patched_pos_embd(cond, pos_embd_rows, stop - start)
         return cond
+
+    def _pos_embd_rows(self, start: int, stop: int, B: int) -> Tensor:
+        """Patched positional embedding (K, C_PE, Hp, Wp) of rows [start, stop): only the
+        chunk's patches are extracted; unchunked calls patch the whole grid once and keep it."""
+        md, p0, p1 = self._md_model, start // B, (stop - 1) // B + 1
+        if self._chunk_size is None:
+            if self._pos_embd_patched is None:
+                self._pos_embd_patched = md.patch_x(md.pos_embd.unsqueeze(0))  # (P, C_PE, ..)
+            pe, p0 = self._pos_embd_patched, 0
+        else:
+            pe = self._patching.apply_rows(md.pos_embd.unsqueeze(0), p0, p1)  # (p1 - p0, ..)
+        return pe[torch.arange(start, stop, device=pe.device) // B - p0]  # patch of each row
 
     def _call_model(self, x_p: Tensor, t_p: Tensor, cond: Tensor | TensorDict | None) -> Tensor:
         """The patch model on (K, C, Hp, Wp), recomputed in backward with checkpointing."""
@@ -215,13 +265,33 @@ class MultiDiffusionPredictor(Predictor):
             return checkpoint(run, x_p, t_p, use_reentrant=False)
         return run(x_p, t_p)
 
+    def predict_rows(
+        self,
+        x_rows: Tensor,
+        t_rows: Tensor,
+        start: int,
+        batch_size: int,
+        pos_embd_rows: Tensor | None = None,
+        condition_rows: Tensor | TensorDict | None = None,
+    ) -> Tensor:
+        """x0_hat (K, C, Hp, Wp) of rows [start, start + K) of the patched global state, given
+        those rows ``x_rows`` (K, C, Hp, Wp) and their times ``t_rows`` (K,): the model with
+        the rows' patched condition and positional embedding (``batch_size`` B of the global
+        state), its output converted to x0. Callers that patch the embedding or the condition
+        themselves (tiled sampling) pass ``pos_embd_rows`` (K, C_PE, Hp, Wp) or
+        ``condition_rows`` (K, ...; no condition may then be bound). Summed with
+        :meth:`GridPatching2D.accumulate` over all rows, this is the fused prediction."""
+        self._check_patching_set()
+        stop = start + x_rows.shape[0]
+        cond = self._condition_rows(start, stop, batch_size, pos_embd_rows, condition_rows)
+        return self._to_x0(self._call_model(x_rows, t_rows, cond), x_rows, t_rows)
+
     def _rows(self, x: Tensor, t: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
         """(x0_hat, x, t) on patch rows [start, stop)."""
         B = x.shape[0]
         x_c = self._patching.apply_rows(x, start, stop)  # (K, C, Hp, Wp)
         t_c = t[torch.arange(start, stop, device=t.device) % B]  # row p B + b has t of sample b
-        out = self._call_model(x_c, t_c, self._condition_rows(start, stop, B))
-        return self._to_x0(out, x_c, t_c), x_c, t_c
+        return self.predict_rows(x_c, t_c, start, B), x_c, t_c
 
     def chunks(self, x: Tensor, t: Tensor) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
         """Yield ``(start, x0_chunk, x_chunk, t_chunk)`` for consecutive chunks of at most
