@@ -34,28 +34,54 @@ from hpcdiff.data.errors import DataError
 class DataConfig:
     """Typed ``data:`` section; :meth:`validate` names the offending ``data.<key>``."""
 
+    # Target NetCDF files (globs; sorted, each must match a file), concatenated along time.
     files: list[str] = field(default_factory=list)
+    # Variables read from data.files: the generated channels, in this order.
     variables: list[str] = field(default_factory=list)
+    # Coarse input files (globs), bilinearly regridded onto the target grid; they must hold
+    # every target time that is read.
     condition_files: list[str] = field(default_factory=list)
+    # Variables read from data.condition_files: condition channels of the backbone input.
     condition_variables: list[str] = field(default_factory=list)
+    # Time-invariant files on the target grid (orography, land-sea mask, ...).
     static_files: list[str] = field(default_factory=list)
+    # Variables read from data.static_files: condition channels after the coarse ones.
     static_variables: list[str] = field(default_factory=list)
+    # Dimension names that override CF discovery; keys time, y, x (e.g. {y: rlat, x: rlon}).
     dims: dict[str, str] = field(default_factory=dict)
+    # [start, end] training times, inclusive: ISO date/time strings or YAML dates; a UTC
+    # offset is converted to UTC (file times are UTC). null: every time in the files.
     train_time: tuple[Any, Any] | None = None
+    # [start, end] validation and sampling times, written as data.train_time; null: every time.
     valid_time: tuple[Any, Any] | None = None
+    # Per-variable mean/std JSON from `hpcdiff data stats`; null: no normalization (log1p of
+    # data.log1p_variables still applied).
     stats_file: str | None = None
+    # Target/condition variables read as log1p(max(x, 0)) before normalization
+    # (precipitation); the stats file must have been computed with the same list.
     log1p_variables: list[str] = field(default_factory=list)
+    # What a sample reads: tile, the rank's whole tile (one read per variable and time);
+    # patch, a random HDF5-chunk-aligned window covering data.patch_shape inside the tile.
     mode: Literal["tile", "patch"] = "tile"
-    batch_size: int = 4
+    batch_size: int = 4  # time samples per rank per micro-batch (DeepSpeed's micro-batch size)
+    # Rows/columns read around the tile; 0 for `hpcdiff train`, which derives the margin.
     tile_margin: int = 0
+    # Patch mode: read window [rows, cols] (>= data.patch_shape, clipped to the tile);
+    # null: data.patch_shape rounded up to whole HDF5 chunks.
     window: tuple[int, int] | None = None
-    patch_shape: tuple[int, int] = (64, 64)
+    patch_shape: tuple[int, int] = (64, 64)  # [rows, cols] grid cells per training/sampling patch
+    # Random patches cut from each sample's window: a rank trains on batch_size x this
+    # patches per micro-batch.
     patches_per_sample: int = 4
-    prefetch: int = 2
-    workers: int = 0
+    prefetch: int = 2  # batches read ahead in the background (bounds the memory held)
+    workers: int = 0  # 0: one reader thread; N: N reader processes (own file handles)
+    # Seed of the per-epoch time shuffle and of patch-mode window origins (the same samples
+    # for any number of ranks).
     seed: int = 0
+    # A target window where a variable has no valid value: error stops with the file,
+    # variable and time; mask logs a warning and trains with zero loss weight there.
     all_nan: Literal["error", "mask"] = "error"
-    pin_memory: bool = False
+    pin_memory: bool = False  # page-locked batches for asynchronous host-to-GPU copies (CUDA)
 
     def validate(self) -> None:
         """Check cross-field rules; raise :class:`ConfigError` naming ``data.<key>``."""
@@ -122,25 +148,48 @@ def _require_shape(key: str, value: Any) -> None:
         raise ConfigError(f"config key 'data.{key}': expected [rows, cols] >= 1, got {value!r}")
 
 
+_ISO = "an ISO date or date-time such as 2020-01-01 or 2020-01-01T06:00[+01:00]"
+
+
+def _time_point(key: str, item: Any) -> tuple[_dt.datetime, str]:
+    """One end of ``data.<key>`` as (naive UTC datetime, ISO text the reader parses)."""
+    if isinstance(item, bool) or not isinstance(item, (str, int, _dt.date)):
+        raise ConfigError(f"config key 'data.{key}': expected {_ISO}, got {item!r}")
+    if isinstance(item, _dt.datetime):  # YAML reads unquoted date-times
+        parsed, text = item, item.isoformat()
+    elif isinstance(item, _dt.date):  # YAML reads unquoted dates
+        parsed, text = _dt.datetime.combine(item, _dt.time()), item.isoformat()
+    else:  # a string, or an unquoted YYYYMMDD that YAML read as an integer
+        try:
+            parsed = _dt.datetime.fromisoformat(str(item))
+        except ValueError:
+            raise ConfigError(f"config key 'data.{key}': {item!r} is not {_ISO}") from None
+        text = item if isinstance(item, str) else parsed.date().isoformat()
+    if parsed.utcoffset() is not None:  # the reader compares wall-clock UTC times
+        try:
+            parsed = parsed.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+        except OverflowError:
+            raise ConfigError(
+                f"config key 'data.{key}': {item!r} is outside the years 1-9999 in UTC"
+            ) from None
+        text = parsed.isoformat()
+    return parsed, text
+
+
 def _time_range(key: str, value: Any) -> tuple[str, str] | None:
+    """``data.<key>`` as (start, end) ISO strings without UTC offset, start <= end.
+
+    >>> _time_range("train_time", ["2020-01-01", "2020-01-02T01:00+01:00"])
+    ('2020-01-01', '2020-01-02T00:00:00')
+    """
     if value is None:
         return None
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ConfigError(f"config key 'data.{key}': expected [start, end], got {value!r}")
-    out = []
-    for item in value:
-        if isinstance(item, (_dt.date, _dt.datetime)):  # YAML reads unquoted dates
-            item = item.isoformat()
-        try:
-            parsed = _dt.datetime.fromisoformat(str(item))
-        except ValueError:
-            raise ConfigError(
-                f"config key 'data.{key}': {item!r} is not an ISO date (YYYY-MM-DD[THH:MM])"
-            ) from None
-        out.append((parsed, str(item)))
-    if out[0][0] > out[1][0]:
-        raise ConfigError(f"config key 'data.{key}': start {out[0][1]} is after end {out[1][1]}")
-    return (out[0][1], out[1][1])
+    (start, start_text), (end, end_text) = (_time_point(key, item) for item in value)
+    if start > end:
+        raise ConfigError(f"config key 'data.{key}': start {start_text} is after end {end_text}")
+    return (start_text, end_text)
 
 
 def resolve_files(patterns: list[str], key: str) -> list[str]:

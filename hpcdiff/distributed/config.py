@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hpcdiff.config import ConfigError
+from hpcdiff.config.checks import check_relative_path
 
 
 def _require(ok: bool, key: str, value: Any, need: str) -> None:
@@ -24,6 +25,8 @@ class DistConfig:
     """Section ``dist``: process group backend, device binding and failure detection."""
 
     backend: Literal["auto", "gloo", "nccl", "mpi"] = "auto"  # auto: nccl on GPUs, gloo on CPU
+    # auto: CUDA device local_rank % visible GPUs when there is one, else the CPU; cuda fails
+    # when no GPU is visible.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     timeout_s: float = 600.0  # collective timeout; a rank silent this long is declared dead
     heartbeat: bool = True  # watchdog thread that names a dead or hung rank
@@ -36,11 +39,20 @@ class DistConfig:
 class ZeroConfig:
     """Section ``zero``: DeepSpeed ZeRO stage, precision, accumulation and offload."""
 
+    # What is partitioned over the ranks: 0 nothing (data parallel), 1 optimizer state,
+    # 2 also gradients, 3 also parameters.
     stage: Literal[0, 1, 2, 3] = 0
+    # fp32, or bf16/fp16 weights in the engine with autocast compute (fp16 with DeepSpeed's
+    # dynamic loss scaling); inputs and the noisy state stay fp32.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Micro-batches per optimizer step: samples per step = data.batch_size x data groups x this.
     grad_accum_steps: int = 1
+    # Optimizer state (and the AdamW step) on the CPU (stage >= 1) or swapped to NVMe files
+    # under zero.nvme_path (stage 3); none keeps it on the device.
     offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
     offload_param: Literal["none", "cpu", "nvme"] = "none"  # stage 3 only
+    # Directory on a fast local disk for NVMe offload; required by, and only used with,
+    # offload_optimizer or offload_param nvme (stage 3).
     nvme_path: str | None = None
     init_on_construct: bool = False  # stage 3: build the model already partitioned (zero.Init)
     torch_adam: bool | None = None  # None: torch's AdamW on CPU, DeepSpeed's fused AdamW on GPU
@@ -78,12 +90,28 @@ class ZeroConfig:
             self.offload_optimizer,
             "needs zero.stage >= 1",
         )
+        # DeepSpeed swaps to NVMe at stage 3 only; at stages 1-2 an "nvme" optimizer offload
+        # silently keeps the state in CPU memory.
+        _require(
+            self.offload_optimizer != "nvme" or self.stage == 3,
+            "zero.offload_optimizer",
+            self.offload_optimizer,
+            "needs zero.stage=3 (DeepSpeed swaps optimizer state to NVMe only at stage 3; "
+            "at stages 1-2 use zero.offload_optimizer=cpu)",
+        )
         nvme = "nvme" in (self.offload_optimizer, self.offload_param)
         _require(
             not nvme or bool(self.nvme_path),
             "zero.nvme_path",
             self.nvme_path,
             "must name a directory for NVMe offload",
+        )
+        _require(
+            nvme or self.nvme_path is None,
+            "zero.nvme_path",
+            self.nvme_path,
+            "is only used with NVMe offload (zero.stage=3 and zero.offload_optimizer or "
+            "zero.offload_param nvme); remove it or set null",
         )
         _require(
             not self.init_on_construct or self.stage == 3,
@@ -101,10 +129,12 @@ class EMAConfig:
     rampup_ratio * samples_seen)``; ``decay`` replaces the schedule when set.
     """
 
+    # Keep an exponential moving average of the weights (sharded like them); validation,
+    # checkpoints and `hpcdiff sample` then use the EMA weights.
     enabled: bool = True
     halflife_samples: float | None = 500_000.0  # EDM: ema_halflife_kimg = 500
     rampup_ratio: float | None = 0.05  # EDM default; null disables the ramp-up
-    decay: float | None = None
+    decay: float | None = None  # fixed decay per optimizer step instead of the schedule; in [0, 1)
 
     def validate(self) -> None:
         if self.decay is not None:
@@ -141,14 +171,15 @@ class EMAConfig:
 class CheckpointConfig:
     """Section ``checkpoint``: where and how often to save, what to resume from."""
 
-    dir: str = "checkpoints"  # relative to the run directory
-    every_steps: int = 1000
-    keep_last: int = 3
+    dir: str = "checkpoints"  # relative to the run directory, without `..`
+    every_steps: int = 1000  # save every N optimizer steps and after the last step
+    keep_last: int = 3  # newest checkpoints kept; older ones are deleted after each save
     resume: str = "latest"  # latest | none | path of one checkpoint directory
 
     def validate(self) -> None:
         _require(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, "must be >= 1")
         _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "must be >= 1")
+        check_relative_path(self.dir, "checkpoint.dir")  # written only inside the run directory
         _require(
             bool(self.resume),
             "checkpoint.resume",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcdiff.config import ConfigError, apply_overrides, from_dict, read_yaml
+from hpcdiff.config.checks import check_relative_path
 from hpcdiff.data.config import DataConfig
 from hpcdiff.distributed.config import (
     CheckpointConfig,
@@ -28,16 +29,22 @@ from hpcdiff.train.lr import OptimConfig
 class RunConfig:
     """Section ``run``: where results go, how long to train, how often to report."""
 
+    # Run directory under run.out_dir: a relative path without `..`; rerunning a name resumes
+    # its newest checkpoint (checkpoint.resume).
     name: str = "run"
-    out_dir: str = "runs"
+    out_dir: str = "runs"  # parent of the run directories (absolute, or relative to the cwd)
+    # Seed of the model initialisation (same on every rank), of the training noise (offset
+    # per rank) and of the validation noise.
     seed: int = 0
+    # Optimizer steps in total (a resumed run continues up to it); each step is
+    # zero.grad_accum_steps micro-batches.
     steps: int = 1000
-    log_every: int = 10
+    log_every: int = 10  # log losses (mean over ranks) and throughput every N steps and at the end
     val_every: int = 0  # 0 disables periodic validation
-    val_batches: int = 2
+    val_batches: int = 2  # batches per rank in each validation (same times and noise every time)
     progress: Literal["auto", "always", "never"] = "auto"  # tqdm bar on rank 0; auto: on a TTY
-    tensorboard: bool = False  # scalars to <run dir>/tensorboard (needs the tensorboard package)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # <run dir>/logs/rank*.log
+    tensorboard: bool = False  # scalars to `<run dir>/tensorboard` (needs the tensorboard package)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # `<run dir>/logs/rank*.log`
 
     def validate(self) -> None:
         for key in ("steps", "log_every", "val_batches"):
@@ -45,6 +52,7 @@ class RunConfig:
                 raise ConfigError(f"config key 'run.{key}' must be >= 1, got {getattr(self, key)}")
         if self.val_every < 0:
             raise ConfigError(f"config key 'run.val_every' must be >= 0, got {self.val_every}")
+        check_relative_path(self.name, "run.name")  # the run writes only below run.out_dir
 
     @property
     def dir(self) -> Path:
@@ -57,7 +65,12 @@ class ModelConfig:
 
     name: str = "SongUNet-S"  # see `hpcdiff models --list`
     args: dict[str, Any] = field(default_factory=dict)  # overrides of the named size
+    # Global position of each patch, given to the backbone as extra input channels:
+    # sinusoidal (fixed Fourier features of y, x), learnable (a trainable C x H x W table),
+    # linear (y and x scaled to [-1, 1]) or null (none).
     positional_embedding: Literal["learnable", "sinusoidal", "linear"] | None = "sinusoidal"
+    # Channels of the positional embedding: a multiple of 4 for sinusoidal, 2 for linear,
+    # >= 1 for learnable; unused when model.positional_embedding is null.
     channels_positional_embedding: int = 4
 
     def validate(self) -> None:
@@ -72,16 +85,76 @@ class ModelConfig:
                 raise ConfigError(
                     f"config key 'model.args.{key}' is derived from the data section; remove it"
                 )
+        kind, channels = self.positional_embedding, self.channels_positional_embedding
+        # MultiDiffusionModel2D's rule, checked here so that it fails before any data is read.
+        allowed = {
+            "sinusoidal": ("a multiple of 4 (>= 4)", channels >= 4 and channels % 4 == 0),
+            "linear": ("2 (the y and x coordinates)", channels == 2),
+            "learnable": (">= 1", channels >= 1),
+        }
+        if kind is not None and not allowed[kind][1]:
+            raise ConfigError(
+                f"config key 'model.channels_positional_embedding': {channels} does not fit "
+                f"model.positional_embedding {kind!r}; allowed: {allowed[kind][0]}"
+            )
 
 
 @dataclass
 class DiffusionConfig:
     """Section ``diffusion``: noise scheduler and preconditioner."""
 
+    # Noise schedule: the noise levels and loss weights of training, the time steps of sampling.
     scheduler: Literal["edm", "edm_log_uniform", "ve", "vp", "iddpm", "student_t_edm"] = "edm"
+    # Keyword arguments of the scheduler class (edm: sigma_min, sigma_max, rho, P_mean,
+    # P_std); other names are rejected. Schedulers with a sigma_data (it sets the EDM loss
+    # weight) get diffusion.sigma_data; a different value here is rejected.
     scheduler_args: dict[str, Any] = field(default_factory=dict)
+    # Network preconditioning (Karras et al. 2022, Table 1); ve, vp and iddpm need the
+    # scheduler of the same name.
     preconditioner: Literal["edm", "ve", "vp", "iddpm"] = "edm"
-    sigma_data: float = 1.0  # data are normalized to unit variance by the stream
+    # Std of the data for the preconditioner and the scheduler's loss weight (the stream
+    # normalizes data to unit variance).
+    sigma_data: float = 1.0
+
+    def _scheduler_arg_names(self) -> tuple[str, list[str] | None]:
+        """The scheduler class name and its keyword arguments (None: it takes any)."""
+        import inspect
+
+        from hpcdiff.train.build import _SCHEDULERS
+
+        cls = _SCHEDULERS[self.scheduler]
+        params = inspect.signature(cls).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return cls.__name__, None
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return cls.__name__, [p.name for p in params if p.kind in kinds]
+
+    def resolved_scheduler_args(self) -> dict[str, Any]:
+        """``scheduler_args`` with ``sigma_data`` for schedulers that take it, so the loss
+        weight and the preconditioner use the same data std."""
+        _, names = self._scheduler_arg_names()
+        if names is not None and "sigma_data" in names:
+            return {"sigma_data": self.sigma_data, **self.scheduler_args}
+        return dict(self.scheduler_args)
+
+    def validate(self) -> None:
+        if not self.scheduler_args:
+            return
+        cls, names = self._scheduler_arg_names()
+        if names is None:
+            return
+        for key in self.scheduler_args:
+            if key not in names:
+                raise ConfigError(
+                    f"config key 'diffusion.scheduler_args.{key}' is not an argument of "
+                    f"{cls} (diffusion.scheduler {self.scheduler!r}); allowed: {names}"
+                )
+        given = self.scheduler_args.get("sigma_data", self.sigma_data)
+        if given != self.sigma_data:
+            raise ConfigError(
+                f"config key 'diffusion.scheduler_args.sigma_data' ({given}) differs from "
+                f"diffusion.sigma_data ({self.sigma_data}); set diffusion.sigma_data only"
+            )
 
 
 @dataclass
@@ -91,6 +164,8 @@ class ProfilingConfig:
     ``model_ranges`` adds ranges around backbone blocks (``model.enc.<i>``, ``model.dec.<i>``,
     ``model.block.<i>``) when ranges are on; off, no hook is registered."""
 
+    # NVTX ranges (train.*, sample.*, data.*) plus DeepSpeed's, for Nsight Systems; the
+    # environment variable HPCDIFF_NVTX=1 also turns them on.
     nvtx: bool = False
     model_ranges: bool = False  # ranges around every SongUNet enc/dec entry and DiT block
     capture_steps: tuple[int, int] | None = None  # cudaProfilerStart/Stop around these steps
@@ -112,16 +187,47 @@ class ProfilingConfig:
 class SampleConfig:
     """Section ``sample``: generation after training (quickstart) and ``hpcdiff sample``."""
 
-    num_steps: int = 18
+    num_steps: int = 18  # solver steps from the highest noise level to the data
+    # Solver name, a key of hpcdiff.diffusion.samplers.SOLVERS: euler, heun, dpmpp_2m,
+    # edm_stochastic_heun, exponential_euler, adaptive, ...
     solver: str = "heun"
-    ensemble: int = 2
+    ensemble: int = 2  # members per validation time (spread over the data-parallel groups)
     times: int = 1  # how many validation times to generate for
-    overlap_pix: int = 8
+    overlap_pix: int = 8  # pixels shared by neighbouring patches of the sampling grid
+    # Pixels of reflect padding at the domain edges; patch stride = data.patch_shape -
+    # sample.overlap_pix - sample.boundary_pix.
     boundary_pix: int = 0
+    # At most this many (patch, member) pairs per backbone call; null: all at once (most memory).
     chunk_size: int | None = None
+    # Weights fusing overlapping patches: uniform (plain mean) or cosine (tapering towards
+    # each patch edge, which hides seams).
     window: Literal["uniform", "cosine"] = "uniform"
+    # Noise seed: noise is keyed by (seed, time, member, position), not by rank, so any
+    # number of ranks draws the same samples.
     seed: int = 0
     domain_grid: tuple[int, int] = (1, 1)  # tiles (py, px) per sample; world = groups x py px
+
+    def validate(self) -> None:
+        from hpcdiff.diffusion.samplers import SOLVERS
+
+        if self.solver not in SOLVERS:
+            raise ConfigError(
+                f"config key 'sample.solver': {self.solver!r} is not a solver; allowed: "
+                f"{sorted(SOLVERS)}"
+            )
+        lowest = {"num_steps": 1, "ensemble": 1, "times": 1, "overlap_pix": 0, "boundary_pix": 0}
+        for key, low in lowest.items():
+            if getattr(self, key) < low:
+                raise ConfigError(
+                    f"config key 'sample.{key}' must be >= {low}, got {getattr(self, key)}"
+                )
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ConfigError(
+                f"config key 'sample.chunk_size' must be >= 1 or null, got {self.chunk_size}"
+            )
+        if min(self.domain_grid) < 1:
+            grid = list(self.domain_grid)
+            raise ConfigError(f"config key 'sample.domain_grid' must be [py, px] >= 1, got {grid}")
 
 
 @dataclass

@@ -21,6 +21,7 @@ import yaml
 
 from hpcdiff import nvtx
 from hpcdiff.config import to_dict, write_yaml
+from hpcdiff.config.checks import check_domain_grid
 from hpcdiff.data import Batch, DataStream
 from hpcdiff.data.stream import open_sources
 from hpcdiff.data.tiles import Tile
@@ -48,7 +49,7 @@ from hpcdiff.train.metrics import (
     require_tensorboard,
 )
 from hpcdiff.train.profile_window import CaptureWindow
-from hpcdiff.train.tiling import check_domain_grid, training_window
+from hpcdiff.train.tiling import training_window
 
 
 def condition_of(batch: Batch) -> torch.Tensor | None:
@@ -68,7 +69,7 @@ class Partition(NamedTuple):
 def partition(cfg: TrainConfig, sources: dict, rank: int, world: int) -> Partition:
     """Rank ``rank``'s window (tile of patch positions + margin, edges on HDF5 chunks) and
     data group; ConfigError (before any work) if ``domain.grid`` does not fit."""
-    D = check_domain_grid(cfg.domain.grid, world)
+    D = check_domain_grid(cfg.domain.grid, world, key="domain.grid")
     target = sources["target"]
     chunks = target.chunks(cfg.data.variables[0]) or (1, 1, 1)
     window = training_window(
@@ -99,7 +100,7 @@ def build_objective(cfg: TrainConfig, grid_shape: tuple[int, int]) -> DiffusionO
     return DiffusionObjective(
         model,
         cfg.diffusion.scheduler,
-        cfg.diffusion.scheduler_args,
+        cfg.diffusion.resolved_scheduler_args(),
         list(data.patch_shape),
         data.patches_per_sample,
     )

@@ -16,11 +16,14 @@ from hpcdiff.config import ConfigError
 class OptimConfig:
     """Config section ``optim``."""
 
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
+    lr: float = 2e-4  # AdamW learning rate after warm-up (the peak of every schedule)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW decay rates of the moment estimates
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (0 disables it)
+    eps: float = 1e-8  # AdamW term added to the denominator for numerical stability
+    # Optimizer steps of linear warm-up, from lr / warmup_steps up to lr; 0 disables it.
     warmup_steps: int = 0
+    # After warm-up: constant lr; cosine decay to min_lr_ratio x lr at run.steps; or
+    # inverse_sqrt, lr x sqrt(max(warmup_steps, 1) / step) with steps counted from 1.
     schedule: Literal["constant", "cosine", "inverse_sqrt"] = "constant"
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     grad_clip: float = 0.0  # 0 disables clipping

@@ -28,17 +28,6 @@ from hpcdiff.data.tiles import Tile, tile_for_rank
 Tensor = torch.Tensor
 
 
-def check_domain_grid(domain_grid: Sequence[int], world: int) -> int:
-    """Ranks D per domain group; ConfigError unless D divides the world size."""
-    py, px = int(domain_grid[0]), int(domain_grid[1])
-    if world % (py * px) != 0:
-        raise ConfigError(
-            f"config key 'domain.grid': [{py}, {px}] needs {py * px} ranks per sample, which "
-            f"does not divide the world size {world}; use a grid whose product divides {world}"
-        )
-    return py * px
-
-
 def training_window(
     grid_shape: Sequence[int],
     patch_shape: Sequence[int],

@@ -12,12 +12,12 @@ import torch
 import yaml
 
 from hpcdiff.config import ConfigError
+from hpcdiff.config.checks import check_domain_grid
 from hpcdiff.core import Module
 from hpcdiff.data.tiles import Tile
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
 from hpcdiff.train import build
 from hpcdiff.train.tiling import (
-    check_domain_grid,
     draw_corners,
     gather_patches,
     training_window,
@@ -47,8 +47,8 @@ def test_windows_split_the_patch_positions_exactly_once(grid, patch, domain, ali
 
 def test_bad_domain_grid_and_patch_name_the_key():
     with pytest.raises(ConfigError, match=r"'domain.grid'.*divide the world size 6"):
-        check_domain_grid((2, 2), 6)
-    assert check_domain_grid((1, 2), 6) == 2
+        check_domain_grid((2, 2), 6, key="domain.grid")
+    assert check_domain_grid((1, 2), 6, key="domain.grid") == 2
     with pytest.raises(ConfigError, match=r"'domain.grid'.*\[3, 33\] positions"):
         training_window((48, 48), (46, 16), (4, 1), 0)
     with pytest.raises(ConfigError, match=r"'data.patch_shape': \[64, 16\] is larger"):
