@@ -40,6 +40,22 @@ _NAMES = {
     "y": ("y", "lat", "latitude", "rlat", "south_north", "j", "rows", "nlat"),
     "x": ("x", "lon", "longitude", "rlon", "west_east", "i", "cols", "nlon"),
 }
+# CF calendar names cftime decodes ("gregorian" is a deprecated alias of "standard").
+CALENDARS = (
+    "standard",
+    "gregorian",
+    "proleptic_gregorian",
+    "julian",
+    "noleap",
+    "365_day",
+    "all_leap",
+    "366_day",
+    "360_day",
+    "tai",
+)
+# What netCDF4 raises when stored bytes cannot be read back: netCDF-C/HDF5 status codes
+# ("NetCDF: HDF error", "Filter error") surface as RuntimeError, failed I/O as OSError.
+READ_ERRORS = (RuntimeError, OSError)
 
 
 @dataclass(frozen=True)
@@ -56,9 +72,33 @@ class GridDims:
         return tuple(d for d in self.order if d not in (self.time, self.y, self.x))
 
 
-def classify_coordinate(coord: Any) -> str | None:
+def attributes(var: Any, path: str | None = None) -> dict[str, Any]:
+    """All attributes of a netCDF4 variable; :class:`DataError` if the file cannot give them."""
+    try:
+        return {k: var.getncattr(k) for k in var.ncattrs()}
+    except READ_ERRORS as err:
+        raise DataError(
+            f"cannot read attributes ({type(err).__name__}: {err}); the file may be corrupt",
+            path=path,
+            variable=var.name,
+        ) from err
+
+
+def read_values(var: Any, path: str | None = None) -> np.ndarray:
+    """All values of a (coordinate) variable; :class:`DataError` if its bytes are unreadable."""
+    try:
+        return var[...]
+    except READ_ERRORS as err:
+        raise DataError(
+            f"read failed ({type(err).__name__}: {err}); the file may be truncated or corrupt",
+            path=path,
+            variable=var.name,
+        ) from err
+
+
+def classify_coordinate(coord: Any, path: str | None = None) -> str | None:
     """'time', 'y', 'x' or None for a coordinate variable, from CF attributes only."""
-    attrs = {k: getattr(coord, k) for k in coord.ncattrs()}
+    attrs = attributes(coord, path)
     axis = str(attrs.get("axis", "")).upper()
     if axis in _AXIS_ATTR:
         return _AXIS_ATTR[axis]
@@ -75,9 +115,9 @@ def classify_coordinate(coord: Any) -> str | None:
     return None
 
 
-def _classify_dim(ds: Any, dim: str) -> str | None:
+def _classify_dim(ds: Any, dim: str, path: str | None) -> str | None:
     if dim in ds.variables:
-        kind = classify_coordinate(ds.variables[dim])
+        kind = classify_coordinate(ds.variables[dim], path)
         if kind is not None:
             return kind
     for kind, names in _NAMES.items():
@@ -110,7 +150,7 @@ def discover_dims(
     for dim in order:
         if dim in found.values():
             continue
-        kind = _classify_dim(ds, dim)
+        kind = _classify_dim(ds, dim, path)
         if kind is None or (kind == "time" and not timed):
             continue
         if kind in found:
@@ -143,18 +183,59 @@ def discover_dims(
 
 
 def epoch_seconds(tvar: Any, path: str) -> tuple[np.ndarray, str]:
-    """Times of a CF time coordinate as float64 seconds since 1970 in its calendar."""
-    units = getattr(tvar, "units", "")
-    calendar = str(getattr(tvar, "calendar", "standard")).lower()
+    """Times of a CF time coordinate as float64 seconds since 1970 in its calendar.
+
+    Raises :class:`DataError` naming ``path`` and the coordinate for units that are not a
+    string ``UNIT since DATE``, an unknown calendar, a coordinate that is not 1-D numbers,
+    unreadable bytes, missing times (NaN or ``_FillValue``, with the index) and values
+    cftime cannot convert.
+    """
+    name = tvar.name
+    attrs = attributes(tvar, path)
+    units = attrs.get("units", "")
+    if not isinstance(units, str) or "since" not in units:
+        raise DataError(
+            f"time units {units!r} are not CF 'UNIT since DATE'", path=path, variable=name
+        )
+    calendar = attrs.get("calendar", "standard")
+    if not isinstance(calendar, str) or calendar.strip().lower() not in CALENDARS:
+        raise DataError(
+            f"unknown calendar {calendar!r}; CF calendars are {', '.join(CALENDARS)}",
+            path=path,
+            variable=name,
+        )
+    calendar = calendar.strip().lower()
     calendar = "standard" if calendar == "gregorian" else calendar
-    if "since" not in str(units):
-        raise DataError(f"time units {units!r} are not CF 'UNIT since DATE'", path=path)
-    values = np.asarray(tvar[:], dtype=np.float64)
+    if tvar.ndim != 1:
+        raise DataError(
+            f"time coordinate has dimensions {tvar.dimensions}; expected one",
+            path=path,
+            variable=name,
+        )
+    values = read_values(tvar, path)
+    if values.dtype.kind not in "fiu":
+        raise DataError(
+            f"time coordinate has dtype {values.dtype}; expected numbers", path=path, variable=name
+        )
+    numbers = np.ma.filled(values.astype(np.float64), np.nan)
+    missing = np.flatnonzero(~np.isfinite(numbers))
+    if missing.size:  # cftime turns these into masked dates that date2num cannot handle
+        raise DataError(
+            "time is missing (NaN, infinite or _FillValue)",
+            path=path,
+            variable=name,
+            index=int(missing[0]),
+        )
     try:
-        dates = cftime.num2date(values, units, calendar)
-        return np.asarray(cftime.date2num(dates, EPOCH, calendar), dtype=np.float64), calendar
-    except (ValueError, TypeError) as err:
-        raise DataError(f"cannot decode times ({err})", path=path, variable=tvar.name) from None
+        dates = cftime.num2date(numbers, units, calendar)
+        seconds = np.asarray(cftime.date2num(dates, EPOCH, calendar), dtype=np.float64)
+    except (ValueError, OverflowError) as err:  # unparsable units/date, out-of-range values
+        raise DataError(
+            f"cannot decode times with units {units!r}, calendar {calendar!r} ({err})",
+            path=path,
+            variable=name,
+        ) from err
+    return seconds, calendar
 
 
 def format_time(seconds: float, calendar: str) -> str:

@@ -1,7 +1,10 @@
 """Errors raised for bad input data: each names the file, the variable and the index involved.
 
-* :class:`DataError` (a ``ValueError``): missing variables, mismatched grids, non-monotonic or
-  duplicate times, truncated or corrupt files, all-NaN windows, files that match no glob.
+* :class:`DataError` (a ``ValueError``): missing variables, mismatched grids, non-monotonic,
+  duplicate or missing times, malformed CF attributes (time units, calendar, packing, fill
+  values), truncated or corrupt files, all-NaN windows, files that match no glob. Raised where
+  the problem is found, chaining the netCDF4 / cftime exception behind it (window reads only
+  quote it in the message).
 * :class:`DataTypeError` (a ``DataError`` and a ``TypeError``): a variable whose dtype cannot be
   read as a field (not floating point, and not integers packed with ``scale_factor``).
 """

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import netCDF4
 import numpy as np
 
-from hpcdiff.data.cf import classify_coordinate, epoch_seconds, format_time
+from hpcdiff.data.cf import classify_coordinate, epoch_seconds, format_time, read_values
 from hpcdiff.data.reader import NC_LOCK, open_dataset
 
 SMALL_CHUNK = 16 * 2**10
@@ -34,7 +34,7 @@ def _coord_line(ds: netCDF4.Dataset, path: str, name: str) -> str:
     var = ds.variables[name]
     kind = classify_coordinate(var) or "?"
     units = getattr(var, "units", "")
-    values = np.asarray(var[:]) if var.size else np.zeros(0)
+    values = np.asarray(read_values(var, path)) if var.size else np.zeros(0)
     line = f"  {name} ({', '.join(var.dimensions)}) {var.dtype} axis={kind} units={units!r}"
     if kind == "time" and values.size:
         secs, calendar = epoch_seconds(var, path)

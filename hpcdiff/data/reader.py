@@ -25,7 +25,16 @@ from dataclasses import dataclass
 import netCDF4
 import numpy as np
 
-from hpcdiff.data.cf import GridDims, discover_dims, epoch_seconds, format_time, parse_time
+from hpcdiff.data.cf import (
+    READ_ERRORS,
+    GridDims,
+    attributes,
+    discover_dims,
+    epoch_seconds,
+    format_time,
+    parse_time,
+    read_values,
+)
 from hpcdiff.data.errors import DataError, DataTypeError
 from hpcdiff.data.tiles import Tile
 
@@ -57,9 +66,16 @@ class _Handles:
         if ds is None:
             ds = open_dataset(path)
             ds.set_auto_maskandscale(False)
-            for var in ds.variables.values():
-                if var.chunking() != "contiguous":
-                    var.set_var_chunk_cache(size=CHUNK_CACHE_BYTES)
+            try:
+                for var in ds.variables.values():
+                    if var.chunking() != "contiguous":
+                        var.set_var_chunk_cache(size=CHUNK_CACHE_BYTES)
+            except READ_ERRORS as err:
+                ds.close()
+                raise DataError(
+                    f"cannot set up reads ({type(err).__name__}: {err}); the file may be corrupt",
+                    path=path,
+                ) from err
             self._open[path] = ds
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)[1].close()
@@ -85,7 +101,7 @@ def open_dataset(path: str) -> netCDF4.Dataset:
         except (OSError, RuntimeError, ValueError) as err:
             raise DataError(
                 f"cannot open ({err}); the file is truncated, corrupt or not NetCDF", path=path
-            ) from None
+            ) from err
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,7 @@ class VarMeta:
 
     dims: GridDims
     dtype: str
-    fills: tuple[float, ...]
+    fills: tuple[float | int, ...]  # in the stored dtype's range (ints for integer dtypes)
     scale: float | None
     offset: float | None
     chunks: tuple[int, ...] | None  # HDF5 chunk shape in (time?, y, x) order; None if contiguous
@@ -107,13 +123,66 @@ class FileMeta:
     variables: Mapping[str, VarMeta]
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(value: object, key: str, path: str, name: str, scalar: bool) -> np.ndarray:
+    """A numeric attribute as a 1-D array; :class:`DataError` for text, empty or non-scalars."""
+    arr = np.atleast_1d(np.asarray(value))
+    if arr.dtype.kind not in "fiu" or arr.size == 0 or (scalar and arr.size != 1):
+        what = "a single number" if scalar else "numbers"
+        raise DataError(f"attribute {key} = {value!r} is not {what}", path=path, variable=name)
+    return arr.reshape(-1)
+
+
+def _packing(attrs: Mapping, key: str, path: str, name: str) -> float | None:
+    """``scale_factor`` / ``add_offset`` as a finite float, or None when absent."""
+    if key not in attrs:
+        return None
+    value = float(_number(attrs[key], key, path, name, scalar=True)[0])
+    if not abs(value) <= _FLOAT32_MAX:  # also rejects NaN: fields are decoded to float32
+        raise DataError(
+            f"attribute {key} = {value} is not a finite float32 number", path=path, variable=name
+        )
+    return value
+
+
+def _fill_values(attrs: Mapping, dtype: np.dtype, path: str, name: str) -> tuple:
+    """``_FillValue``/``missing_value`` that stored values of ``dtype`` can equal, exactly.
+
+    Values ``dtype`` cannot hold (NaN or fractions for integers, out-of-range numbers) never
+    match a stored value, so they are dropped rather than cast to some value that could.
+    """
+    fills = [
+        v
+        for key in ("_FillValue", "missing_value")
+        if key in attrs
+        for v in _number(attrs[key], key, path, name, scalar=False).tolist()
+    ]
+    if not fills and dtype.kind == "f":
+        fills = [netCDF4.default_fillvals[dtype.str[1:]]]
+    kept: list[float | int] = []
+    for v in fills:
+        if dtype.kind in "iu":  # keep Python ints: int64 fills are not exact as float64
+            info = np.iinfo(dtype)
+            if isinstance(v, float) and not (np.isfinite(v) and v.is_integer()):
+                continue
+            if info.min <= int(v) <= info.max:
+                kept.append(int(v))
+        elif np.isfinite(v):
+            with np.errstate(over="ignore"):
+                stored = dtype.type(v)
+            if np.isfinite(stored):
+                kept.append(float(stored))
+    return tuple(kept)
+
+
 def _var_meta(ds: netCDF4.Dataset, path: str, name: str, dims: GridDims, timed: bool) -> VarMeta:
     var = ds.variables[name]
     dtype = np.dtype(var.dtype) if not isinstance(var.dtype, type) else np.dtype(object)
-    attrs = {k: var.getncattr(k) for k in var.ncattrs()}
-    scale, offset = attrs.get("scale_factor"), attrs.get("add_offset")
-    packed = scale is not None or offset is not None
+    attrs = attributes(var, path)
     numeric = dtype.kind in "fiu" and dtype.itemsize <= 8
+    packed = "scale_factor" in attrs or "add_offset" in attrs
     if not numeric or (timed and dtype.kind in "iu" and not packed):
         raise DataTypeError(
             f"has dtype {dtype}; fields must be floating point or integers packed with "
@@ -121,30 +190,22 @@ def _var_meta(ds: netCDF4.Dataset, path: str, name: str, dims: GridDims, timed: 
             path=path,
             variable=name,
         )
-    fills = [attrs[k] for k in ("_FillValue", "missing_value") if k in attrs]
-    if not fills and dtype.kind == "f":
-        fills = [netCDF4.default_fillvals[dtype.str[1:]]]
-    fill_values = tuple(float(v) for f in fills for v in np.atleast_1d(f))
+    scale = _packing(attrs, "scale_factor", path, name)
+    offset = _packing(attrs, "add_offset", path, name)
+    fills = _fill_values(attrs, dtype, path, name)
     chunking = var.chunking()
     chunks = None
     if chunking != "contiguous":
         by_dim = dict(zip(var.dimensions, chunking))
         axes = (dims.time, dims.y, dims.x) if dims.time else (dims.y, dims.x)
         chunks = tuple(int(by_dim[d]) for d in axes)
-    return VarMeta(
-        dims,
-        dtype.str,
-        fill_values,
-        None if scale is None else float(scale),
-        None if offset is None else float(offset),
-        chunks,
-    )
+    return VarMeta(dims, dtype.str, fills, scale, offset, chunks)
 
 
 def decode(raw: np.ndarray, meta: VarMeta) -> np.ndarray:
     """Raw stored values -> float32 with NaN where ``_FillValue``/``missing_value``."""
     missing = None
-    for fill in meta.fills:
+    for fill in meta.fills:  # each is exactly representable in the stored dtype
         hit = raw == np.asarray(fill, dtype=raw.dtype)
         missing = hit if missing is None else missing | hit
     if meta.scale is not None or meta.offset is not None:  # unpack in float64 like netCDF4
@@ -242,16 +303,25 @@ class GridSource:
                     variable=var,
                 )
             shape = vshape
-            ycoord = ycoord if ycoord is not None else _coord(ds, dims.y)
-            xcoord = xcoord if xcoord is not None else _coord(ds, dims.x)
+            ycoord = ycoord if ycoord is not None else _coord(ds, path, dims.y)
+            xcoord = xcoord if xcoord is not None else _coord(ds, path, dims.x)
         first = metas[self.variables[0]].dims
         times = np.zeros(0)
         if self.timed:
-            if first.time not in ds.variables:
-                raise DataError(f"time dimension {first.time!r} has no coordinate", path=path)
-            times, calendar = epoch_seconds(ds.variables[first.time], path)
+            tvar = ds.variables.get(first.time)
+            if tvar is None or tvar.dimensions != (first.time,):
+                raise DataError(
+                    f"time dimension {first.time!r} has no 1-D coordinate variable",
+                    path=path,
+                    variable=self.variables[0],
+                )
+            times, calendar = epoch_seconds(tvar, path)
             if self._calendar is not None and calendar != self._calendar:
-                raise DataError(f"calendar {calendar!r} differs from {self._calendar!r}", path=path)
+                raise DataError(
+                    f"calendar {calendar!r} differs from {self._calendar!r}",
+                    path=path,
+                    variable=first.time,
+                )
             self._calendar = self.calendar = calendar
         n_times = ds.dimensions[first.time].size if self.timed else 0
         return FileMeta(path, n_times, metas), times, shape, ycoord, xcoord
@@ -337,18 +407,26 @@ class GridSource:
         key = tuple(sel.get(d, 0) for d in vm.dims.order)
         if self.on_read is not None:
             self.on_read(meta.path, variable, key)
-        try:
-            with NC_LOCK:
-                raw = np.asarray(HANDLES.get(meta.path).variables[variable][key])
-        except DataError:
-            raise
-        except Exception as err:  # netCDF4 raises RuntimeError/OSError/IndexError for bad chunks
-            raise DataError(
-                f"read failed ({type(err).__name__}: {err}); the file may be truncated or corrupt",
-                path=meta.path,
-                variable=variable,
-                index=_describe(key, vm.dims.order),
-            ) from None
+        with NC_LOCK:
+            var = HANDLES.get(meta.path).variables.get(variable)
+            if var is None:
+                raise DataError(
+                    "missing: the file changed after it was validated",
+                    path=meta.path,
+                    variable=variable,
+                )
+            try:
+                raw = np.asarray(var[key])
+            except READ_ERRORS as err:
+                # Not chained (tests/data/test_data_errors.py pins this): the message already
+                # carries netCDF's text, and prefetchers hand the error on to another thread.
+                raise DataError(
+                    f"read failed ({type(err).__name__}: {err}); "
+                    "the file may be truncated or corrupt",
+                    path=meta.path,
+                    variable=variable,
+                    index=_describe(key, vm.dims.order),
+                ) from None
         kept = [d for d, k in zip(vm.dims.order, key) if isinstance(k, slice)]
         wanted = [d for d in (vm.dims.time, vm.dims.y, vm.dims.x) if d in kept]
         if kept != wanted:
@@ -366,9 +444,26 @@ class GridSource:
         return self.read_block(0, variable, None, window)
 
 
-def _coord(ds: netCDF4.Dataset, dim: str) -> np.ndarray | None:
-    """1-D coordinate values of ``dim`` as float64, or None if it has no coordinate variable."""
+def _coord(ds: netCDF4.Dataset, path: str, dim: str) -> np.ndarray | None:
+    """1-D coordinate values of ``dim`` as float64, or None if it has no coordinate variable;
+    :class:`DataError` for unreadable, non-numeric or missing (NaN, ``_FillValue``) values."""
     var = ds.variables.get(dim)
-    if var is None or var.ndim != 1:
+    if var is None or var.dimensions != (dim,):
         return None
-    return np.asarray(var[:], dtype=np.float64)
+    values = read_values(var, path)
+    if values.dtype.kind not in "fiu":
+        raise DataError(
+            f"coordinate of dimension {dim!r} has dtype {values.dtype}; expected numbers",
+            path=path,
+            variable=dim,
+        )
+    numbers = np.ma.filled(values.astype(np.float64), np.nan)
+    missing = np.flatnonzero(~np.isfinite(numbers))
+    if missing.size:  # grids are compared and regridded by these values
+        raise DataError(
+            "grid coordinate is missing (NaN, infinite or _FillValue)",
+            path=path,
+            variable=dim,
+            index=int(missing[0]),
+        )
+    return numbers
