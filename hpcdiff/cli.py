@@ -2,7 +2,14 @@
 
 Each component module that offers commands exposes ``register(subparsers)``, which adds its
 parser(s) and sets ``func`` (called with the parsed namespace, returning an exit code).
-Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid input.
+The exit codes of every subcommand (documented in ``docs/cli.md``):
+
+* ``EXIT_OK`` (0): success;
+* ``EXIT_FAILURE`` (1): the work failed while running (an uncaught exception prints its
+  traceback), a checkpoint is corrupt, NVTX ranges do not reach the profiler;
+* ``EXIT_USAGE`` (2): bad usage or invalid input, reported before any work: unknown option,
+  :class:`~hpcdiff.config.ConfigError` (config key, type or combination),
+  :class:`~hpcdiff.data.errors.DataError` (input files), a missing path or checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import importlib
 import sys
 
 import hpcdiff
+from hpcdiff.config import ConfigError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -26,13 +34,30 @@ _COMMAND_MODULES = (
     "hpcdiff.train.profile_cli",
     "hpcdiff.data.cli",
     "hpcdiff.models.cli",
+    "hpcdiff.config.cli",
 )
+
+EPILOG = """examples:
+  hpcdiff data synth --out data/quickstart --shape 128 128 --times 48 --files 2
+  hpcdiff train --config configs/quickstart.yaml --dry-run
+  torchrun --nproc-per-node 2 -m hpcdiff train --config configs/quickstart.yaml run.steps=50
+  hpcdiff sample runs/quickstart sample.ensemble=4
+  hpcdiff train --help            # the options and examples of one command
+
+config overrides: trailing KEY=VALUE arguments set dotted config keys, values parsed as YAML
+  (optim.lr=1e-4 'sample.domain_grid=[2, 2]' ema.decay=null); see docs/configs.md.
+
+exit codes: 0 success, 1 failure while running, 2 bad usage, config or input (docs/cli.md).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpcdiff",
-        description="Distributed diffusion models on large scientific grids.",
+        description="Distributed diffusion models on large scientific grids: train, sample, "
+        "evaluate, prepare NetCDF data, manage checkpoints.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hpcdiff {hpcdiff.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,13 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(
+    argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """Parse a command line; KEY=VALUE overrides may also follow an option (``--dry-run
+    a.b=1``), which argparse leaves unparsed once the positionals were matched."""
+    parser = parser or build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns its exit code (argparse exits 2 itself on bad usage)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv, parser)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except ValueError as err:  # ConfigError and DataError are ValueErrors: bad input
+        from hpcdiff.data.errors import DataError
+
+        if not isinstance(err, (ConfigError, DataError)):
+            raise
+        print(f"hpcdiff {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

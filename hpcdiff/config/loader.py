@@ -8,6 +8,7 @@ work starts. Sections are plain dataclasses owned by their component; a section 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -23,15 +24,49 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names the dotted key."""
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
+def type_name(tp: Any) -> str:
+    """The annotation ``tp`` as the config reference and error messages spell it.
+
+    >>> type_name(tuple[int, int] | None)
+    'tuple[int, int] | null'
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
+        return " | ".join(repr(a) for a in args)
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(type_name(a) for a in args)
     if tp is type(None):
         return "null"
+    if tp is Any:
+        return "any"
+    if origin in (list, tuple, dict):
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+        return f"{origin.__name__}[{inner}]" if args else origin.__name__
     return getattr(tp, "__name__", str(tp))
+
+
+def _literal(args: tuple, value: Any, key: str) -> Any:
+    # Compare type and value: 0.0, False and 0 are equal in Python, but only 0 is a choice.
+    if not any(type(value) is type(a) and value == a for a in args):
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
+    return value
+
+
+def _float(value: Any, key: str) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise ConfigError(f"config key '{key}': {value!r} is too large for a float") from None
+    if math.isnan(out):
+        raise ConfigError(f"config key '{key}': expected a number, got nan")
+    return out
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -42,9 +77,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
-        return value
+        return _literal(args, value, key)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -53,7 +86,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                 return _convert(arg, value, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected {type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
@@ -67,17 +100,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        vt = args[1] if args else Any
-        return {k: _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+        kt, vt = args if args else (Any, Any)
+        return {
+            _convert(kt, k, f"{key} (key {k!r})"): _convert(vt, v, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        return float(value)
+        return _float(value, key)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
@@ -100,7 +129,7 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
         raise ConfigError(f"config section '{where}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"config key '{key}' is unknown; allowed keys: {sorted(fields)}")
@@ -139,26 +168,59 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars/lists) to a nested dict."""
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
             raise ConfigError(f"override '{item}' must look like section.key=value")
         node = data
-        parts = key.strip().split(".")
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent, or an empty section in the YAML file
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except (yaml.YAMLError, ValueError) as err:  # ValueError: a date like 2020-02-30
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({err})") from None
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (the later one would
+    silently win, e.g. a second ``data:`` section)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {mark.line + 1})", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """The mapping in the YAML file ``path`` (ConfigError when missing, unreadable or invalid)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        loader = _StrictLoader(path.read_text(encoding="utf-8"))
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config ({err})") from None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: a date like 2020-02-30
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     if data is None:
         return {}

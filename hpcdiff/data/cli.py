@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from hpcdiff.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from hpcdiff.config import ConfigError
 from hpcdiff.data.errors import DataError
 
@@ -28,11 +29,25 @@ examples:
   hpcdiff data stats data/era/*.nc --variables t2m tp --log1p tp -o stats.json
 """
 
+INSPECT_EXAMPLES = """\
+examples:
+  hpcdiff data inspect data/synth/fine_000.nc
+  # warnings and the nccopy rechunk command for 128 x 128 training patches
+  hpcdiff data inspect /archive/era5/t2m_*.nc --patch 128 128
+"""
+
+DATA_EXAMPLES = """\
+examples:
+  hpcdiff data synth --out data/quickstart --shape 128 128 --times 48 --files 2
+  hpcdiff data inspect data/quickstart/fine_000.nc
+  hpcdiff data stats --config data/quickstart/data.yaml
+"""
+
 
 def _fail(command: str, err: BaseException) -> int:
     bad_input = isinstance(err, (DataError, ConfigError, ValueError, TypeError, KeyError))
     print(f"hpcdiff data {command}: error: {err}", file=sys.stderr)
-    return 2 if bad_input else 1
+    return EXIT_USAGE if bad_input else EXIT_FAILURE
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -73,7 +88,7 @@ def run_synth(args: argparse.Namespace) -> int:
             )
     except (DataError, ConfigError, ValueError, OSError) as err:
         return _fail("synth", err)
-    return 0
+    return EXIT_OK
 
 
 def _stats_from_config(args: argparse.Namespace):
@@ -123,7 +138,7 @@ def run_stats(args: argparse.Namespace) -> int:
                 f"min {s['min']:.6g} max {s['max']:.6g} missing {s['missing']}"
             )
     print(f"wrote {output} ({time.perf_counter() - t0:.1f} s)")
-    return 0
+    return EXIT_OK
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -135,7 +150,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         return _fail("inspect", err)
     print(report)
     print(f"{len(args.paths)} file(s), {n_warnings} warning(s)")
-    return 0
+    return EXIT_OK
 
 
 def _add_synth(sub) -> None:
@@ -175,13 +190,23 @@ def _add_synth(sub) -> None:
 
 def register(subparsers) -> None:
     """Add ``hpcdiff data`` with its subcommands to the top-level parser."""
-    data = subparsers.add_parser("data", help="NetCDF datasets: synth, stats, inspect")
+    data = subparsers.add_parser(
+        "data",
+        help="NetCDF datasets: synth, stats, inspect",
+        description="Prepare NetCDF inputs: write the synthetic km-scale dataset, compute "
+        "normalization statistics, check dimensions and storage layout (docs/data.md).",
+        epilog=DATA_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    data.set_defaults(func=lambda args: data.print_help() or 2)
+    data.set_defaults(func=lambda args: data.print_help() or EXIT_USAGE)
     _add_synth(sub)
     p = sub.add_parser(
         "stats",
         help="per-variable mean/std/min/max/missing (out of core, dask)",
+        description="Per-variable normalization statistics (mean, std, min, max, missing "
+        "count) of the training times, computed out of core with dask, written as JSON for "
+        "data.stats_file.",
         epilog=STATS_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -195,7 +220,22 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-mb", type=int, default=32, help="dask chunk size (>= 16 advised)")
     p.add_argument("--workers", type=int, default=None, help="dask threads")
     p.set_defaults(func=run_stats)
-    p = sub.add_parser("inspect", help="dims, coords, chunking, compression; slow-layout warnings")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--patch", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    p = sub.add_parser(
+        "inspect",
+        help="dims, coords, chunking, compression; slow-layout warnings",
+        description="Print each file's dimensions, coordinates (with the CF axis found), "
+        "variables, chunking and compression, and warn about layouts that make window reads "
+        "slow, with the nccopy command that rechunks them.",
+        epilog=INSPECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="+", help="NetCDF files")
+    p.add_argument(
+        "--patch",
+        type=int,
+        nargs=2,
+        default=[256, 256],
+        metavar=("H", "W"),
+        help="training patch the chunking advice is for (default: 256 256)",
+    )
     p.set_defaults(func=run_inspect)

@@ -15,16 +15,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXAMPLES = """examples:
+from hpcdiff.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
+CONSOLIDATE_EXAMPLES = """examples:
   # EMA weights of the newest verified checkpoint of a run -> runs/quickstart/model.mdlus
   hpcdiff checkpoint consolidate runs/quickstart
   # only the inference network (MultiDiffusionModel2D), raw training weights
   hpcdiff checkpoint consolidate runs/quickstart/checkpoints/step_000000300 \\
       --submodule model --weights model -o net.mdlus
+"""
+INSPECT_EXAMPLES = """examples:
   # manifest and checksum verification of every checkpoint of a run
   hpcdiff checkpoint inspect runs/quickstart
   hpcdiff checkpoint inspect runs/quickstart/checkpoints/step_000000300 --json
 """
+EXAMPLES = CONSOLIDATE_EXAMPLES + INSPECT_EXAMPLES.removeprefix("examples:\n")
 
 
 class UsageError(ValueError):
@@ -145,8 +150,8 @@ def _inspect(args: argparse.Namespace) -> int:
     bad = [info["path"] for info in infos if not info["ok"]]
     if bad:
         print(f"hpcdiff checkpoint: corrupt or incomplete: {', '.join(bad)}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _select(path: Path) -> Path:
@@ -192,7 +197,7 @@ def _consolidate(args: argparse.Namespace) -> int:
         f"wrote {output} ({_size(output.stat().st_size)}): {weights} weights of step "
         f"{manifest['step']} from {ckpt}{part}"
     )
-    return 0
+    return EXIT_OK
 
 
 def _guarded(run):
@@ -201,10 +206,10 @@ def _guarded(run):
             return run(args)
         except UsageError as err:
             print(f"hpcdiff checkpoint: {err}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         except (RuntimeError, OSError) as err:
             print(f"hpcdiff checkpoint: {err}", file=sys.stderr)
-            return 1
+            return EXIT_FAILURE
 
     return call
 
@@ -222,6 +227,11 @@ def register(subparsers) -> None:
     c = sub.add_parser(
         "consolidate",
         help="write one float32 file (.mdlus: Module.from_checkpoint; else a state dict)",
+        description="Join the ZeRO shards of one checkpoint (a run's newest that verifies, "
+        "by default) into one float32 file: EMA or raw training weights, the whole trained "
+        "module or one submodule. Runs in one process, no GPU needed.",
+        epilog=CONSOLIDATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("path", metavar="RUN_OR_CKPT_DIR")
     c.add_argument(
@@ -242,7 +252,14 @@ def register(subparsers) -> None:
         help="export only this dotted submodule, e.g. 'model' (the inference network)",
     )
     c.set_defaults(func=_guarded(_consolidate))
-    i = sub.add_parser("inspect", help="print manifests and verify checksums (exit 1 if corrupt)")
+    i = sub.add_parser(
+        "inspect",
+        help="print manifests and verify checksums (exit 1 if corrupt)",
+        description="Print each checkpoint's step, ZeRO stage, world size, EMA and files, and "
+        "verify every file's size and sha256 against the manifest.",
+        epilog=INSPECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("path", metavar="RUN_OR_CKPT_DIR")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--no-verify", action="store_true", help="skip the sha256 verification")

@@ -3,45 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from hpcdiff.config import ConfigError
+from hpcdiff.cli import EXIT_OK
 
 EXAMPLES = """examples:
   # one process
   hpcdiff train --config configs/quickstart.yaml
-  # 2 local ranks, ZeRO-2, shorter run
+  # 2 local ranks, ZeRO-3, shorter run (dotted KEY=VALUE overrides, values parsed as YAML)
   torchrun --nproc-per-node 2 -m hpcdiff train --config configs/quickstart.yaml \\
-      zero.stage=2 run.steps=50
+      zero.stage=3 run.steps=50
   # print the resolved config, parameter counts and ZeRO memory estimate, then exit
   hpcdiff train --config configs/quickstart.yaml --dry-run
+  # Slurm and MPI: the same arguments after the launcher script (docs/launching.md)
+  NP=4 launchers/mpirun.sh train --config configs/dit_zero3.yaml
+
+Rerunning the same command resumes from the newest verified checkpoint
+(checkpoint.resume: latest). Exit code 2: invalid config or input data (nothing was run).
 """
 
 
 def _run(args: argparse.Namespace) -> int:
     from hpcdiff.train.config import load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"hpcdiff train: {err}", file=sys.stderr)
-        return 2
-    from hpcdiff.data.errors import DataError
+    cfg = load_config(args.config, args.overrides)  # before the heavy imports below
     from hpcdiff.train.loop import train
 
-    try:
-        train(cfg, dry_run=args.dry_run)
-    except (ConfigError, DataError) as err:  # found once files are opened: bad input, exit 2
-        print(f"hpcdiff train: {err}", file=sys.stderr)
-        return 2
-    return 0
+    train(cfg, dry_run=args.dry_run)
+    return EXIT_OK
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a patch-based diffusion model",
-        description="Train (or resume) the experiment described by a YAML config.",
+        description="Train (or resume) the experiment described by a YAML config: random "
+        "patches of whole-domain NetCDF samples, DeepSpeed ZeRO 0-3, EMA, sharded checkpoints "
+        "and metrics in <run.out_dir>/<run.name>/.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,12 +46,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="build everything, print config, parameter counts, memory; exit",
+        help="open the data, build the model, print config, parameter counts and ZeRO memory; "
+        "train nothing, write nothing",
     )
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="dotted config overrides, e.g. optim.lr=1e-4",
+        help="dotted config overrides, e.g. optim.lr=1e-4 (docs/configs.md lists every key)",
     )
     p.set_defaults(func=_run)

@@ -67,11 +67,36 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+EXAMPLES = """examples:
+  # inside the profiled job, launched exactly like the real one:
+  nsys profile -t nvtx -o report hpcdiff profile doctor
+  profiling/nvtx_record -- hpcdiff profile doctor --json
+  HPCDIFF_NVTX=1 hpcdiff profile doctor     # no tool attached: explains how to attach one
+
+exit codes: 0 ranges reach the attached tool, 1 they do not (the report says why and the fix)
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``hpcdiff profile doctor``."""
-    profile = subparsers.add_parser("profile", help="profiling helpers (NVTX, Nsight Systems)")
+    profile = subparsers.add_parser(
+        "profile",
+        help="profiling helpers (NVTX, Nsight Systems)",
+        description="Profiling helpers. Range names, Nsight Systems recipes for torchrun, "
+        "srun and mpirun, and the per-range summarizer are in profiling/README.md.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = profile.add_subparsers(dest="profile_command", metavar="SUBCOMMAND", required=True)
-    doctor = sub.add_parser("doctor", help="check that NVTX ranges reach the attached profiler")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check that NVTX ranges reach the attached profiler",
+        description="Check, inside a profiled process, whether hpcdiff's NVTX ranges reach the "
+        "attached tool (Nsight Systems or profiling/nvtx_record): the injection library, the "
+        "nvtx package's domain, hpcdiff's own switch; prints the fix when they do not.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=_doctor)
 

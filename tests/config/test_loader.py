@@ -73,3 +73,43 @@ def test_yaml_round_trip(tmp_path):
         read_yaml(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="not found"):
         read_yaml(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"name": "x", "optim": {"kind": True}}, r"'optim.kind': True is not one of"),
+        ({"name": "x", "optim": {"lr": 10**400}}, "'optim.lr': .* is too large for a float"),
+        ({"name": "x", "optim": {"lr": float("nan")}}, "'optim.lr': expected a number, got nan"),
+        ({"name": "x", 1: 2}, "config key '1' is unknown"),
+    ],
+)
+def test_literals_match_by_type_and_numbers_are_finite(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Root, data)
+
+
+def test_stage_literal_rejects_equal_values_of_another_type():
+    @dataclass
+    class Zero:
+        stage: Literal[0, 1, 2, 3] = 0
+        extra: dict[str, int] = field(default_factory=dict)
+
+    assert from_dict(Zero, {"stage": 3}).stage == 3
+    for value in (False, 3.0):
+        with pytest.raises(ConfigError, match="'stage'"):
+            from_dict(Zero, {"stage": value})
+    with pytest.raises(ConfigError, match=r"'extra \(key 1\)': expected str"):
+        from_dict(Zero, {"extra": {1: 2}})
+
+
+def test_yaml_duplicate_keys_bad_bytes_and_override_values(tmp_path):
+    (tmp_path / "dup.yaml").write_text("name: a\noptim:\n  lr: 1\nname: b\n")
+    with pytest.raises(ConfigError, match="dup.yaml: invalid YAML: .*'name' is given twice"):
+        read_yaml(tmp_path / "dup.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00name")
+    with pytest.raises(ConfigError, match="bin.yaml: cannot read"):
+        read_yaml(tmp_path / "bin.yaml")
+    with pytest.raises(ConfigError, match="override 'grid=\\[1,': the value is not valid YAML"):
+        apply_overrides({}, ["grid=[1,"])
+    assert apply_overrides({"optim": None}, ["optim.lr=2"]) == {"optim": {"lr": 2}}
