@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,14 @@ import torch
 
 from hpcdiff.distributed.config import ZeroConfig
 from hpcdiff.distributed.runtime import DistContext, init_distributed
+
+# DeepSpeed's ZeRO calls a torch collective that torch 2.13 deprecates, once per process and
+# rank: nothing a user can act on, so it is not repeated on every rank's console and log.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+    category=FutureWarning,
+)
 
 LRSchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
