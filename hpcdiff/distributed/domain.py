@@ -240,6 +240,26 @@ def broadcast_in_group(t: Tensor, mesh: DomainMesh) -> Tensor:
     return t
 
 
+def sum_in_group(t: Tensor, mesh: DomainMesh) -> Tensor:
+    """The sum of ``t`` over the ranks of the domain group, added in domain-rank order on the
+    group's first rank and sent back, so every rank gets the same bits."""
+    if mesh.domain_size == 1:
+        return t
+    lead = mesh.global_rank(0)
+    if mesh.domain_rank == 0:
+        parts = [torch.empty_like(t) for _ in range(1, mesh.domain_size)]
+        works = [dist.irecv(p, mesh.global_rank(r)) for r, p in enumerate(parts, start=1)]
+        for work in works:
+            work.wait()
+        total = t.clone()
+        for part in parts:
+            total += part
+    else:
+        dist.send(t.contiguous(), lead)
+        total = torch.empty_like(t)
+    return broadcast_in_group(total, mesh)
+
+
 def _block_seed(seed: int, stream: int, by: int, bx: int) -> int:
     """A 63-bit generator seed for noise block (by, bx) of draw ``stream`` of sample ``seed``."""
     state = np.random.SeedSequence([int(seed), stream, by, bx]).generate_state(2, np.uint64)

@@ -27,9 +27,14 @@ from tensordict import TensorDict
 from hpcdiff import nvtx
 from hpcdiff.data.tiles import Tile
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionPredictor
-from hpcdiff.diffusion.samplers import SOLVERS, sample
+from hpcdiff.diffusion.samplers import SOLVERS, AdaptiveSolver, sample
 from hpcdiff.diffusion.samplers._churn import EDMChurn
-from hpcdiff.distributed.domain import DomainDecomposedNoiseScheduler, DomainMesh, block_noise
+from hpcdiff.distributed.domain import (
+    DomainDecomposedNoiseScheduler,
+    DomainMesh,
+    block_noise,
+    sum_in_group,
+)
 from hpcdiff.generate.tiled import (
     TiledMultiDiffusionDPSScorePredictor,
     TiledMultiDiffusionPredictor,
@@ -56,16 +61,35 @@ class _BlockNoise:
                            stream=self._draws)  # fmt: skip
 
 
+class _GroupNorm:
+    """Mixin for the adaptive solver: its error norm over the whole sample (the sum of squares
+    and the count of every tile of the domain group), so that every rank accepts, rejects
+    and sizes the same steps and calls the tiled denoiser the same number of times."""
+
+    _mesh: DomainMesh
+
+    def _norm(self, y: Tensor) -> float:
+        sums = y.detach().double().square().flatten(1).sum(1)
+        counts = torch.full_like(sums, y[0].numel())
+        total = sum_in_group(torch.stack([sums, counts], dim=1), self._mesh)
+        return float((total[:, 0] / total[:, 1]).sqrt().max())
+
+
 def _make_solver(name: str, denoiser: Any, scheduler: Any, options: dict[str, Any] | None,
-                 seeds: Sequence[int], tile: Tile) -> Any:  # fmt: skip
-    """Solver ``name`` as :func:`sample` builds it; stochastic ones draw block noise."""
+                 seeds: Sequence[int], mesh: DomainMesh) -> Any:  # fmt: skip
+    """Solver ``name`` as :func:`sample` builds it; stochastic ones draw block noise, the
+    adaptive one measures its error on the whole sample."""
     cls = SOLVERS[name]
     defaults = getattr(cls, "scheduler_defaults", None)
     options = {**(defaults(scheduler) if defaults else {}), **(options or {})}
+    if issubclass(cls, AdaptiveSolver) and mesh.domain_size > 1:
+        solver = type(f"Tiled{cls.__name__}", (_GroupNorm, cls), {})(denoiser, **options)
+        solver._mesh = mesh
+        return solver
     if not issubclass(cls, EDMChurn):
         return cls(denoiser, **options)
     solver = type(f"Tiled{cls.__name__}", (_BlockNoise, cls), {})(denoiser, **options)
-    solver._noise_seeds, solver._noise_tile = list(seeds), tile
+    solver._noise_seeds, solver._noise_tile = list(seeds), mesh.tile
     return solver
 
 
@@ -130,7 +154,7 @@ def sample_tiled(
     tiles = DomainDecomposedNoiseScheduler(scheduler, mesh, seeds)
     denoiser, model = _denoiser(predictor, mesh, scheduler)
     stepper = _StepRanges(
-        _make_solver(solver, denoiser, scheduler, solver_options, seeds, mesh.tile), on_step
+        _make_solver(solver, denoiser, scheduler, solver_options, seeds, mesh), on_step
     )
     device = next(model.parameters()).device
     tN = tiles.timesteps(num_steps, device=device)[0].expand(len(seeds))
