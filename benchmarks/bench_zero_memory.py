@@ -44,6 +44,7 @@ def _measure(ctx, name: str, resolution: int, stage: int, precision: str):
     from hpcdiff.distributed.engine import build_engine
     from hpcdiff.distributed.memory import ZeroMemoryProbe
     from hpcdiff.models.registry import create_model
+    from hpcdiff.train.loop import autocast
     from hpcdiff.train.lr import OptimConfig
 
     torch.manual_seed(0)
@@ -53,9 +54,10 @@ def _measure(ctx, name: str, resolution: int, stage: int, precision: str):
         model, ZeroConfig(stage=stage, precision=precision), OptimConfig(), 2, ctx
     )
     probe = ZeroMemoryProbe(engine)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    x = torch.randn(2, 4, resolution, resolution, dtype=dtype)
-    loss = engine(x, torch.rand(2, dtype=dtype), None).float().square().mean()
+    # fp32 inputs under autocast, as the trainer feeds the low-precision engine
+    x = torch.randn(2, 4, resolution, resolution)
+    with autocast(torch.device("cpu"), precision):
+        loss = engine(x, torch.rand(2), None).float().square().mean()
     engine.backward(loss)
     engine.step()
     measured = probe.measure()

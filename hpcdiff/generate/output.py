@@ -185,45 +185,23 @@ class SamplesFile:
 
 
 def plot_file(path: Path, out_dir: Path, variables: list[str], pixels: int = 1024) -> list[Path]:
-    """Quick-look PNGs of the first time of a samples file, read every s-th cell so that at
-    most ``pixels`` cells per axis (never the whole global field) are loaded."""
+    """Quick-look PNGs (truth, two members, ensemble mean and std; one per variable) of the
+    first time of a samples file, read every s-th cell so that at most ``pixels`` cells per
+    axis (never the whole global field) are loaded."""
     import netCDF4
 
+    from hpcdiff.data.cf import epoch_seconds, format_time
+    from hpcdiff.evaluate.plots import map_panels, plot_maps
+
+    paths = []
     with netCDF4.Dataset(path) as nc:
         H, W = nc[variables[0]].shape[-2:]
         s = max(1, math.ceil(max(H, W) / pixels))
-        ens = [np.ma.filled(nc[v][:, 0, ::s, ::s].astype(np.float32), np.nan) for v in variables]
-        truth = [np.ma.filled(nc[f"{v}_truth"][0, ::s, ::s].astype(np.float32), np.nan)
-                 for v in variables]  # fmt: skip
-    return plot_samples(out_dir, np.stack(ens, 1)[:, None], np.stack(truth)[None], variables)
-
-
-def plot_samples(out_dir: Path, ens: np.ndarray, truth: np.ndarray, variables: list[str]):
-    """One PNG per variable: truth, two members, ensemble mean and std of the first time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for c, name in enumerate(variables):
-        panels = [("truth", truth[0, c])]
-        panels += [(f"member {e}", ens[e, 0, c]) for e in range(min(2, ens.shape[0]))]
-        panels += [("ensemble mean", ens[:, 0, c].mean(0)), ("ensemble std", ens[:, 0, c].std(0))]
-        lo, hi = np.nanpercentile(truth[0, c], [1, 99])
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
-        for ax, (title, field) in zip(axes, panels):
-            if title == "ensemble std":
-                im = ax.imshow(field, origin="lower", cmap="magma")
-            else:
-                im = ax.imshow(field, origin="lower", cmap="viridis", vmin=lo, vmax=hi)
-            ax.set_title(f"{name}: {title}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.tight_layout()
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+        seconds, calendar = epoch_seconds(nc["time"], str(path))
+        time = format_time(seconds[0], calendar)
+        for name in variables:
+            ens = np.ma.filled(nc[name][:, 0, ::s, ::s].astype(np.float32), np.nan)
+            truth = np.ma.filled(nc[f"{name}_truth"][0, ::s, ::s].astype(np.float32), np.nan)
+            panels = map_panels(ens, truth, members=2)
+            paths.append(plot_maps(out_dir / f"{name}.png", name, time, panels))
     return paths
