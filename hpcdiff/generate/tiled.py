@@ -167,8 +167,8 @@ class TiledMultiDiffusionPredictor:
         ]
         self.need = [self._region(py, px, "need") for py, px in self.plans]
         self.cover = [self._region(py, px, "cover") for py, px in self.plans]
-        # Only ranks with border patches gather a halo region of x.
-        self.halo = [n if self._has_border(*p) else None for n, p in zip(self.need, self.plans)]
+        # Only ranks with border patches gather a halo region of x: what those patches read.
+        self.halo = [self._border_reads(py, px) for py, px in self.plans]
         self.ny = math.ceil(H / self.stride[0])
         me = mesh.domain_rank
         self.frame = _bounding(mesh.tile, self.cover[me])  # where this rank accumulates
@@ -189,11 +189,22 @@ class TiledMultiDiffusionPredictor:
         (r0, r1), (c0, c1) = getattr(py, kind), getattr(px, kind)
         return Tile(r0, r1, c0, c1)
 
-    @staticmethod
-    def _has_border(py: AxisPlan | None, px: AxisPlan | None) -> bool:
+    def _border_reads(self, py: AxisPlan | None, px: AxisPlan | None) -> Tile | None:
+        """Image rectangle read by a tile's border patches (those not interior along both
+        axes); None without any. Along the 1-D split of a [1, n] or [n, 1] grid this is a
+        strip about a patch wide, not the tile: the halo gather copies only that."""
         if py is None or px is None:
-            return False
-        return (py.inner, px.inner) != ((py.i0, py.i1), (px.i0, px.i1))
+            return None
+        (Hp, Wp), (sy, sx) = self.patching.patch_shape, self.stride
+        y_out = [i for i in range(py.i0, py.i1) if not py.inner[0] <= i < py.inner[1]]
+        x_out = [i for i in range(px.i0, px.i1) if not px.inner[0] <= i < px.inner[1]]
+        if not y_out and not x_out:
+            return None
+        rows = range(py.i0, py.i1) if x_out else y_out  # rows of some border patch
+        cols = range(px.i0, px.i1) if y_out else x_out
+        r = torch.cat([py.index[(i - py.i0) * sy :][:Hp] for i in rows]) + py.need[0]
+        c = torch.cat([px.index[(i - px.i0) * sx :][:Wp] for i in cols]) + px.need[0]
+        return Tile(int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1)
 
     @property
     def patch_num(self) -> int:
@@ -239,7 +250,8 @@ class TiledMultiDiffusionPredictor:
         (Hp, Wp), (sy, sx) = self.patching.patch_shape, self.stride
         rows = py.index[(iy0 - py.i0) * sy : (iy1 - 1 - py.i0) * sy + Hp] + py.need[0]
         cols = px.index[(ix - px.i0) * sx : (ix - px.i0) * sx + Wp] + px.need[0]
-        origin = self.mesh.tile.origin if interior else (py.need[0], px.need[0])
+        halo = self.halo[self.mesh.domain_rank]
+        origin = self.mesh.tile.origin if interior else (halo.row0, halo.col0)
         src = (_Take.of(rows - origin[0]), _Take.of(cols - origin[1]))
         return _Chunk(ix, iy0, iy1, src, (rows, cols))
 

@@ -6,7 +6,8 @@ single-process references the tests compare against.
 A case: ``patch`` [Hp, Wp], ``overlap``, ``boundary``, ``window``, ``solver``, optional
 ``chunk`` (patch rows per model call), ``options`` (solver options), ``overlap_comm`` (False:
 wait for the halo before any patch), ``dps`` (guided by observations split by tile),
-``condition`` (a condition the model patches, given to the tiled predictor by tile),
+``condition`` (a condition the model patches, given to the tiled predictor by tile), ``pe``
+([kind, channels] of the positional embedding; default linear, 2),
 ``write`` (write the tiles into one NetCDF file), and ``grid`` (tile grid) when launched.
 """
 
@@ -66,11 +67,12 @@ def global_fields(members: int) -> dict[str, torch.Tensor]:
 def predictor(case: dict, condition: torch.Tensor | None = None) -> MultiDiffusionPredictor:
     """The case's predictor on the global grid (same weights in every process)."""
     torch.manual_seed(0)
+    pe, pe_channels = case.get("pe", ("linear", 2))
     md = MultiDiffusionModel2D(
-        Net(2 + (1 if case.get("condition") else 0)),
+        Net(pe_channels + (1 if case.get("condition") else 0)),
         global_spatial_shape=SHAPE,
-        positional_embedding="linear",
-        channels_positional_embedding=2,
+        positional_embedding=pe,
+        channels_positional_embedding=pe_channels,
         condition_patch=True,
     )
     md.set_random_patching(patch_shape=tuple(case["patch"]), patch_num=1)

@@ -30,6 +30,10 @@ import dsworker  # noqa: E402
 from distlaunch import ROOT, run, worker_env  # noqa: E402
 
 from hpcdiff.data.tiles import Tile, split_domain  # noqa: E402
+from hpcdiff.diffusion.multi_diffusion import (  # noqa: E402
+    MultiDiffusionModel2D,
+    MultiDiffusionPredictor,
+)
 from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler  # noqa: E402
 from hpcdiff.distributed.domain import (  # noqa: E402
     DomainDecomposedNoiseScheduler,
@@ -53,16 +57,18 @@ GEOMETRIES = {
 CHURN = {"S_churn": 20.0, "num_steps": dsworker.STEPS}
 GEOMETRIES["s"] = dict(GEOMETRIES["a"], boundary=1, solver="edm_stochastic_heun", options=CHURN)
 GEOMETRIES["x"] = dict(GEOMETRIES["b"], solver="edm_stochastic_exponential_euler", options=CHURN)
+# A sinusoidal embedding is computed per run of patches (never on the global grid).
+GEOMETRIES["e"] = dict(GEOMETRIES["a"], pe=("sinusoidal", 8), chunk=3)
 # The adaptive solver's error norm is taken over the whole sample: every rank takes the same
 # steps (a per-tile norm would desynchronise the halo exchanges and hang).
 GEOMETRIES["v"] = dict(GEOMETRIES["c"], solver="adaptive", options={"rtol": 1e-2, "atol": 1e-2})
 LAUNCHES = {  # (launcher, ranks) -> [(geometry, tile grid)]; the first case is also written
-    ("torchrun", 1): [("a", [1, 1]), ("d", [1, 1])],
+    ("torchrun", 1): [("a", [1, 1]), ("d", [1, 1]), ("e", [1, 1])],
     ("mpiexec", 1): [("k", [1, 1]), ("b", [1, 1])],
     ("torchrun", 2): [("b", [2, 1]), ("a", [1, 2]), ("s", [2, 1]), ("d", [1, 2]), ("v", [1, 2])],
-    ("mpiexec", 2): [("c", [1, 1]), ("k", [2, 1]), ("x", [1, 2]), ("d", [2, 1])],
+    ("mpiexec", 2): [("c", [1, 1]), ("k", [2, 1]), ("x", [1, 2]), ("d", [2, 1]), ("e", [1, 2])],
     ("torchrun", 4): [("c", [1, 2]), ("a", [2, 2]), ("b", [1, 4]), ("s", [2, 2]), ("x", [1, 4]),
-                      ("d", [2, 2]), ("k", [4, 1])],
+                      ("d", [2, 2]), ("k", [4, 1]), ("e", [2, 2])],
     ("mpiexec", 4): [("d", [1, 4]), ("a", [4, 1]), ("b", [2, 2]), ("s", [1, 2]), ("c", [2, 2]),
                      ("v", [2, 2])],
 }  # fmt: skip
@@ -360,6 +366,33 @@ def test_scheduler_wraps_gaussian_schedulers_only_and_checks_latents():
         )
     with pytest.raises(ValueError, match="only wraps LinearGaussianNoiseScheduler"):
         DomainDecomposedNoiseScheduler(object(), mesh)
+
+
+@pytest.mark.parametrize("grid", [(1, 2), (2, 1), (1, 3), (2, 2)])
+def test_the_halo_gather_covers_what_border_patches_read_not_the_tile(grid):
+    shape, patch = (120, 100), (12, 10)  # stride (7, 5) with overlap 3, boundary 2
+    md = MultiDiffusionModel2D(dsworker.Net(2), shape, "linear", 2)
+    md.set_random_patching(patch_shape=patch, patch_num=1)
+    pred = MultiDiffusionPredictor(md)
+    pred.set_patching(3, 2)
+    D = grid[0] * grid[1]
+    for r in range(D):
+        t = TiledMultiDiffusionPredictor(pred, DomainMesh(grid, shape, r, D))
+        halo, need = t.halo[r], t.need[r]
+        _, border = t._chunks(1)
+        if halo is None:  # all its patches read inside its tile: it gathers nothing
+            assert not border
+            continue
+        assert intersect(halo, need) == halo and border  # inside what its patches read
+        for c in border:  # every border read lies in the gathered rectangle
+            for take, size in zip(c.src, halo.shape):
+                index = torch.arange(take.start, take.start + take.length)
+                index = index if take.index is None else take.index
+                assert 0 <= int(index.min()) and int(index.max()) < size
+        if D == 2:  # one cut: a strip about a patch wide, not the tile (+ margin)
+            axis = 0 if grid[0] > 1 else 1
+            assert halo.shape[axis] <= 2 * patch[axis] < need.shape[axis]
+            assert halo.shape[1 - axis] == need.shape[1 - axis]
 
 
 def test_tiled_predictor_rejects_bad_input():
