@@ -84,9 +84,13 @@ def worker(args: argparse.Namespace) -> None:
     predictor.set_patching(args.overlap, 0)
     mesh = DomainMesh.from_process_group((1, ctx.env.world_size), shape)
     tiled = TiledMultiDiffusionPredictor(predictor, mesh, overlap=not args.no_overlap_comm)
-    with torch.no_grad():  # warm-up: one model call on one chunk
+    with torch.no_grad():  # warm-up: one model call on one chunk (embedding of one patch)
         rows = torch.zeros(args.chunk, args.channels, args.patch, args.patch)
-        predictor.predict_rows(rows, torch.ones(args.chunk), 0, args.batch)
+        pe = None
+        if predictor.has_pos_embd:
+            at = torch.arange(args.patch)
+            pe = predictor.positional_embedding_at(at, at).expand(args.chunk, -1, -1, -1)
+        predictor.predict_rows(rows, torch.ones(args.chunk), 0, args.batch, pe)
     barrier()
     HaloStats.sent_bytes = 0
     start = time.perf_counter()
@@ -272,7 +276,7 @@ def main() -> None:
         "--pe",
         choices=["sinusoidal", "none"],
         default="sinusoidal",
-        help="positional embedding of the model (4 channels, global on each rank)",
+        help="positional embedding of the model (4 channels, computed per run of patches)",
     )
     p.add_argument(
         "--compare-overlap",
