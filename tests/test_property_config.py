@@ -1,6 +1,6 @@
 """Property-based robustness of the config loader: any YAML text, nested mapping, override or
 value either builds a valid :class:`TrainConfig` or raises :class:`ConfigError`, never another
-exception. Fixed budget, derandomized: the same examples on every run.
+exception. Fixed budget, derandomized (tests/conftest.py): the same examples on every run.
 """
 
 from __future__ import annotations
@@ -14,20 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from hpcdiff.config import ConfigError, from_dict
 from hpcdiff.data.cf import parse_time
 from hpcdiff.train.config import TrainConfig, load_config
 
-BUDGET = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 COUNTER = itertools.count()
 BASE = {"data": {"files": ["data/x_*.nc"], "variables": ["t2m", "tp"]}}
 
@@ -134,13 +127,11 @@ def _valid_or_config_error(build: typing.Callable[[], TrainConfig]) -> None:
     cfg.validate()  # a config that loaded is still valid
 
 
-@BUDGET
 @given(data=mutated_configs())
 def test_mutated_config_is_valid_or_config_error(data):
     _valid_or_config_error(lambda: from_dict(TrainConfig, data))
 
 
-@BUDGET
 @given(data=st.dictionaries(st.sampled_from(NAMES) | st.text(max_size=4) | st.integers(), VALUES))
 def test_random_mapping_is_valid_or_config_error(data):
     _valid_or_config_error(lambda: from_dict(TrainConfig, {**BASE, **data}))
@@ -158,7 +149,6 @@ TIMES = st.one_of(
 )
 
 
-@BUDGET
 @given(train=st.lists(TIMES, max_size=3) | TIMES, valid=st.lists(TIMES, min_size=2, max_size=2))
 def test_time_ranges_are_valid_or_config_error(train, valid):
     data = {"data": {**BASE["data"], "train_time": train, "valid_time": valid}}
@@ -212,7 +202,6 @@ OVERRIDES = st.lists(
 )
 
 
-@BUDGET
 @given(data=mutated_configs(), overrides=OVERRIDES)
 def test_yaml_file_with_overrides_is_valid_or_config_error(folder, data, overrides):
     path = folder / f"c{next(COUNTER)}.yaml"
@@ -220,7 +209,6 @@ def test_yaml_file_with_overrides_is_valid_or_config_error(folder, data, overrid
     _valid_or_config_error(lambda: load_config(path, overrides))
 
 
-@BUDGET
 @given(text=st.text(max_size=80) | st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
 def test_arbitrary_yaml_text_is_valid_or_config_error(folder, text):
     path = folder / f"t{next(COUNTER)}.yaml"

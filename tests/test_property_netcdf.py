@@ -3,7 +3,8 @@
 
 Files are written by the test with generated dimension names, orders and sizes, CF
 attributes (valid, misspelled or of the wrong type), dtypes and packing, fill values, NaNs,
-and cut or zeroed bytes. Fixed budget, derandomized: the same examples on every run.
+and cut or zeroed bytes. Fixed budget, derandomized (tests/conftest.py): the same examples
+on every run.
 """
 
 from __future__ import annotations
@@ -14,20 +15,13 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpcdiff.data.errors import DataError
 from hpcdiff.data.inspect import inspect_file
 from hpcdiff.data.reader import HANDLES, GridSource
 
-BUDGET = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 COUNTER = itertools.count()
 
 DIM_NAMES = st.sampled_from(
@@ -174,7 +168,6 @@ def folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("property_netcdf")
 
 
-@BUDGET
 @given(spec=file_specs())
 def test_any_generated_file_reads_or_raises_data_error(folder, spec):
     path = folder / f"f{next(COUNTER)}.nc"
@@ -202,7 +195,7 @@ VALID = {
 }
 
 
-@settings(BUDGET, max_examples=100)
+@settings(max_examples=100)  # each example writes a file
 @given(
     cut=st.one_of(st.none(), st.floats(0.0, 1.0, exclude_max=True)),
     zero_at=st.one_of(st.none(), st.floats(0.0, 1.0, exclude_max=True)),
