@@ -9,13 +9,19 @@ The exit codes of every subcommand (documented in ``docs/cli.md``):
   traceback), a checkpoint is corrupt, NVTX ranges do not reach the profiler;
 * ``EXIT_USAGE`` (2): bad usage or invalid input, reported before any work: unknown option,
   :class:`~hpcdiff.config.ConfigError` (config key, type or combination),
-  :class:`~hpcdiff.data.errors.DataError` (input files), a missing path or checkpoint.
+  :class:`~hpcdiff.data.errors.DataError` (input files), a missing path or checkpoint,
+  ``CheckpointError`` (a checkpoint this run cannot use);
+* ``EXIT_IO`` (4): a checkpoint could not be written (disk full, permission denied): its
+  temporary files were removed, the previous checkpoint is intact; the traceback is in the
+  rank's log file, the console gets one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 import hpcdiff
@@ -24,6 +30,7 @@ from hpcdiff.config import ConfigError
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_IO = 4
 
 # Modules offering subcommands; each is imported only when the parser is built.
 _COMMAND_MODULES = (
@@ -47,7 +54,8 @@ EPILOG = """examples:
 config overrides: trailing KEY=VALUE arguments set dotted config keys, values parsed as YAML
   (optim.lr=1e-4 'sample.domain_grid=[2, 2]' ema.decay=null); see docs/configs.md.
 
-exit codes: 0 success, 1 failure while running, 2 bad usage, config or input (docs/cli.md).
+exit codes: 0 success, 1 failure while running, 2 bad usage, config or input, 4 a checkpoint
+  could not be written (docs/cli.md).
 """
 
 
@@ -96,13 +104,33 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args) or EXIT_OK)
-    except ValueError as err:  # ConfigError and DataError are ValueErrors: bad input
-        from hpcdiff.data.errors import DataError
-
-        if not isinstance(err, (ConfigError, DataError)):
+    except Exception as err:
+        code = _exit_code(err)
+        if code is None:
             raise
-        print(f"hpcdiff {args.command}: error: {err}", file=sys.stderr)
+        # The traceback goes to this rank's log file (when the command has one), never to
+        # the console; a checkpoint write failure is the same on every rank: rank 0 says it.
+        logger = logging.getLogger("hpcdiff")
+        if logger.handlers:  # set up by the command: a file per rank
+            logger.error("%s", err, exc_info=err, extra={"console": False})
+        if code != EXIT_IO or os.environ.get("RANK", "0") == "0":
+            print(f"hpcdiff {args.command}: error: {err}", file=sys.stderr)
+        return code
+
+
+def _exit_code(err: Exception) -> int | None:
+    """The documented exit code of an expected error, None for anything else."""
+    from hpcdiff.data.errors import DataError
+
+    if isinstance(err, (ConfigError, DataError)):
         return EXIT_USAGE
+    checkpoint = sys.modules.get("hpcdiff.distributed.checkpoint")  # loaded if it raised
+    if checkpoint is not None:
+        if isinstance(err, checkpoint.CheckpointError):
+            return EXIT_USAGE
+        if isinstance(err, checkpoint.CheckpointWriteError):
+            return EXIT_IO
+    return None
 
 
 if __name__ == "__main__":

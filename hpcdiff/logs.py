@@ -22,7 +22,11 @@ _MARK = "_hpcdiff_handler"  # set on the handlers installed here, so a new setup
 
 
 class _ConsoleHandler(logging.StreamHandler):
-    """A stream handler that prints through ``tqdm.write`` (clears and redraws open bars)."""
+    """A stream handler that prints through ``tqdm.write`` (clears and redraws open bars).
+    Records logged with ``extra={"console": False}`` go to the log file only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "console", True) and bool(super().filter(record))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

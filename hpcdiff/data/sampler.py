@@ -116,9 +116,6 @@ class TimeSampler:
         if not state:
             return 0, 0
         epoch, global_position = int(state["epoch"]), int(state["global_position"])
-        if global_position % self.world:
-            raise ValueError(
-                f"cannot resume global position {global_position} with {self.world} "
-                "data-parallel ranks: it is not a multiple of the rank count"
-            )
+        # At another rank count the position rounds down to a whole step of all ranks: at
+        # most world - 1 samples of the epoch are seen again, none is skipped.
         return epoch, global_position // self.world

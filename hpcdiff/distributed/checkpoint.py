@@ -1,28 +1,35 @@
-"""Sharded, atomic, verified training checkpoints of a DeepSpeed engine plus EMA and extra state.
+"""Sharded, atomic, verified training checkpoints that resume on any rank count and ZeRO stage.
 
 Layout of one checkpoint (``<dir>/step_000001200/``)::
 
-    manifest.json        step, world size, ZeRO stage, model spec, sha256 + size of every file
-    ds/                  DeepSpeed's own files (module, optimizer and LR-scheduler state)
-    ema/rank_00000.pt    this rank's EMA shard (see hpcdiff.distributed.ema)
-    extra/rank_00000.pt  this rank's opaque trainer state (sampler position, RNG states, ...)
+    manifest.json         step, world size, ZeRO stage, parameter shapes, Adam step count,
+                          model spec, sha256 + size of every file
+    state/rank_00000.pt   this rank's fragment of every trained parameter (see .shards):
+                          float32 master weights, Adam moments, EMA, as flat tensors
+    module.pt             buffers and frozen parameters, whole (rank 0)
+    extra/rank_00000.pt   this rank's opaque trainer state (sampler position, RNG states, ...)
 
-Every rank writes into ``.tmp_step_000001200``; after all files are fsynced and hashed, rank 0
-writes the manifest and renames the directory, so a checkpoint either exists complete or not at
-all. Loading verifies sizes and checksums (shared across ranks) and falls back, with a warning,
-to the newest checkpoint that verifies. All ranks must see the same (shared) file system.
+The fragments of all ranks tile every parameter exactly once, so any later job (another rank
+count, another ZeRO stage) reads back exactly the weights, moments and EMA that were saved:
+there is no conversion step. Every rank writes into ``.tmp_step_000001200``; after all files
+are fsynced and hashed, rank 0 writes the manifest and renames the directory, so a checkpoint
+either exists complete or not at all. A write that fails on any rank (disk full, permission
+denied) removes the temporary directory and raises :class:`CheckpointWriteError` on every rank;
+the previous checkpoint is untouched. Loading verifies sizes and checksums (one share of the
+files per rank) and falls back, with a logged warning, to the newest checkpoint that verifies.
+All ranks must see the same (shared) file system.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +38,21 @@ import torch
 import torch.distributed as dist
 
 from hpcdiff.distributed.ema import ShardedEMA
+from hpcdiff.distributed.shards import MOMENTS, EngineShards, full_shape
 
-FORMAT = "hpcdiff.checkpoint/1"
+FORMAT = "hpcdiff.checkpoint/2"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _CHUNK = 8 << 20
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this run (refused before any work: exit 2)."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the temporary files were removed and the previous
+    checkpoint is intact."""
 
 
 def _rank_world() -> tuple[int, int]:
@@ -74,26 +92,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _KeepWriteError:
+    """File wrapper that keeps the OSError of a failed write: torch.save turns it into a
+    RuntimeError that no longer says what happened (e.g. ENOSPC)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def _save_synced(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
-        torch.save(obj, fh)
+        writer = _KeepWriteError(fh)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
         fh.flush()
         os.fsync(fh.fileno())
 
 
 def _hash_and_sync(path: Path) -> dict[str, Any]:
-    """sha256 and size of a file, which is fsynced on the way (DeepSpeed does not fsync)."""
+    """sha256 and size of a file (every byte, in 8 MiB pieces), fsynced on the way."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
         os.fsync(fh.fileno())
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 def step_dir(ckpt_dir: str | os.PathLike, step: int) -> Path:
@@ -107,6 +145,64 @@ def _model_spec(module: torch.nn.Module) -> dict | None:
     return module._spec() if isinstance(module, Module) else None
 
 
+def _io_message(err: BaseException) -> str:
+    """The OS error behind a failed write (torch.save reports ENOSPC as a RuntimeError)."""
+    if isinstance(err, OSError):
+        return f"{err.strerror or err} ({type(err).__name__}, errno {err.errno})"
+    return str(err).splitlines()[-1][:300]
+
+
+def _agree(error: str | None, what: str) -> None:
+    """Collective: raise CheckpointWriteError on every rank if ``error`` is set on any."""
+    failed = [(r, e) for r, e in enumerate(_gather(error)) if e is not None]
+    if failed:
+        rank, message = failed[0]
+        raise CheckpointWriteError(f"{what}: rank {rank}: {message}")
+
+
+def _rank_state(shards: EngineShards, ema: ShardedEMA | None) -> dict[str, Any]:
+    """This rank's fragments as flat float32 tensors (see the module docstring)."""
+    indices = range(len(shards.names))
+    flat = {
+        key or "fp32": [shards.read(i, key).detach().float().cpu() for i in indices]
+        for key in (None, *MOMENTS)
+    }
+    if ema is not None:
+        if ema.names != shards.names or ema.fragments != shards.fragments:
+            raise ValueError("the EMA was built on another module or layout than the engine")
+        flat["ema"] = [s.detach().float().cpu().reshape(-1) for s in ema.shadow]
+    return {
+        "names": list(shards.names),
+        "start": torch.tensor([f.start for f in shards.fragments], dtype=torch.int64),
+        "numel": torch.tensor([f.numel for f in shards.fragments], dtype=torch.int64),
+        **{k: torch.cat(v) if v else torch.zeros(0) for k, v in flat.items()},
+    }
+
+
+def _fixed_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers and frozen parameters, whole (collective under ZeRO-3, which partitions them)."""
+    from hpcdiff.distributed.engine import gathered_parameters
+
+    frozen = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
+    with gathered_parameters([p for _, p in frozen]):
+        state = {n: p.detach().cpu().clone() for n, p in frozen}
+    for prefix, mod in module.named_modules():
+        for name, buf in mod._buffers.items():  # persistent ones: what state_dict() holds
+            if buf is not None and name not in mod._non_persistent_buffers_set:
+                state[f"{prefix}.{name}" if prefix else name] = buf.detach().cpu().clone()
+    return state
+
+
+def _write_files(tmp: Path, rank: int, state: dict, fixed: dict, extra: dict | None) -> list[str]:
+    written = [f"state/rank_{rank:05d}.pt", f"extra/rank_{rank:05d}.pt"]
+    _save_synced(state, tmp / written[0])
+    _save_synced(extra or {}, tmp / written[1])
+    if rank == 0:
+        _save_synced(fixed, tmp / "module.pt")
+        written.append("module.pt")
+    return written
+
+
 def save_checkpoint(
     engine: Any,
     ckpt_dir: str | os.PathLike,
@@ -117,42 +213,75 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint atomically (collective: every rank calls it) and keep only
     the ``keep_last`` newest. ``extra`` is this rank's own state (tensors, numbers, strings and
-    containers of them), returned by :func:`load_checkpoint` on the same rank."""
+    containers of them), returned by :func:`load_checkpoint` on the same rank. Raises
+    :class:`CheckpointWriteError` on every rank when any rank could not write."""
     rank, world = _rank_world()
     ckpt_dir = Path(ckpt_dir)
     final = step_dir(ckpt_dir, step)
     tmp = ckpt_dir / f".tmp_{final.name}"
+    what = f"checkpoint {final} not written"
+    error = None
     if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ckpt_dir.glob(".tmp_step_*"):  # left by a crashed save
-            shutil.rmtree(stale)
-    _barrier()
-    engine.save_checkpoint(
-        str(tmp), tag="ds", client_state={"hpcdiff_step": step}, save_latest=False
-    )
-    if ema is not None:
-        _save_synced(ema.state_dict(), tmp / "ema" / f"rank_{rank:05d}.pt")
-    _save_synced(extra or {}, tmp / "extra" / f"rank_{rank:05d}.pt")
-    _barrier()
-    names = _files(tmp)
-    mine = {name: _hash_and_sync(tmp / name) for name in names[rank::world]}
-    files = {k: v for part in _gather(mine) for k, v in part.items()}
-    if rank == 0:
-        manifest = {
-            "format": FORMAT,
-            "step": step,
-            "world_size": world,
-            "zero_stage": int(engine.zero_optimization_stage()),
-            "has_ema": ema is not None,
-            "model_spec": _model_spec(engine.module),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "files": files,
-        }
-        _commit(tmp, final, manifest)
-        if keep_last is not None:
-            _prune(ckpt_dir, keep_last)
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale(ckpt_dir)
+        except OSError as err:
+            error = f"{ckpt_dir}: {_io_message(err)}"
+    _agree(error, what)
+    shards = EngineShards(engine)
+    state = _rank_state(shards, ema)
+    fixed = _fixed_state(engine.module)
+    try:
+        mine = {n: _hash_and_sync(tmp / n) for n in _write_files(tmp, rank, state, fixed, extra)}
+        error = None
+    except (OSError, RuntimeError) as err:
+        mine, error = {}, f"{tmp}: {_io_message(err)}"
+    try:
+        _agree(error, what)
+        files = {k: v for part in _gather(mine) for k, v in part.items()}
+        error = None
+        if rank == 0:
+            try:
+                _commit(tmp, final, _manifest(engine, shards, ema, step, world, files))
+            except OSError as err:
+                error = f"{final}: {_io_message(err)}"
+        _agree(error, what)
+    except CheckpointWriteError:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if rank == 0 and keep_last is not None:
+        _prune(ckpt_dir, keep_last)
     _barrier()
     return final
+
+
+def _engine_counters(engine: Any) -> dict[str, Any]:
+    counters = {k: int(getattr(engine, k, 0)) for k in ("global_steps", "global_samples",
+                                                          "skipped_steps")}  # fmt: skip
+    scaler = getattr(engine.optimizer, "loss_scaler", None)
+    if scaler is not None:  # fp16 dynamic loss scaling
+        counters["loss_scale"] = {
+            k: getattr(scaler, k) for k in ("cur_scale", "cur_iter", "last_overflow_iter",
+                                            "cur_hysteresis") if hasattr(scaler, k)
+        }  # fmt: skip
+    return counters
+
+
+def _manifest(engine, shards: EngineShards, ema, step: int, world: int, files: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "step": step,
+        "world_size": world,
+        "zero_stage": int(engine.zero_optimization_stage()),
+        "has_ema": ema is not None,
+        "params": {n: full_shape(p) for n, p in zip(shards.names, shards.params)},
+        "adam_step": shards.adam_step(),
+        "engine": _engine_counters(engine),
+        "model_spec": _model_spec(engine.module),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": files,
+    }
 
 
 def _commit(tmp: Path, final: Path, manifest: dict) -> None:
@@ -170,6 +299,13 @@ def _commit(tmp: Path, final: Path, manifest: dict) -> None:
     else:
         os.replace(tmp, final)
     _fsync_dir(final.parent)
+
+
+def remove_stale(ckpt_dir: Path) -> None:
+    """Remove what interrupted saves left behind (``.tmp_step_*``, ``.old_step_*``)."""
+    for stale in [*ckpt_dir.glob(".tmp_step_*"), *ckpt_dir.glob(".old_step_*")]:
+        log.info("removing %s, left by an interrupted checkpoint save", stale)
+        shutil.rmtree(stale)
 
 
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
@@ -194,7 +330,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
     except (OSError, ValueError) as err:
         raise ValueError(f"{file}: no readable manifest ({err})") from None
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{file}: not an hpcdiff checkpoint (format {manifest.get('format')!r})")
+        found = manifest.get("format")
+        hint = " (written by an older hpcdiff)" if found == "hpcdiff.checkpoint/1" else ""
+        raise ValueError(f"{file}: not an hpcdiff checkpoint of format {FORMAT} ({found!r}{hint})")
     return manifest
 
 
@@ -225,48 +363,45 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
 
 
 def find_latest(ckpt_dir: str | os.PathLike) -> Path | None:
-    """Newest checkpoint that verifies; corrupt newer ones are skipped with a warning."""
+    """Newest checkpoint that verifies; corrupt newer ones are skipped (logged as warnings)."""
     for path in _from_rank0(list_checkpoints(ckpt_dir)):
         problems = verify_checkpoint(path)
         if not problems:
             return path
         if _rank_world()[0] == 0:
-            warnings.warn(
-                f"checkpoint {path} is corrupt or incomplete ({'; '.join(problems[:3])}); "
-                "trying the previous one",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            log.warning(
+                "checkpoint %s is corrupt or incomplete (%s); trying the previous one",
+                path, "; ".join(problems[:3]),
+            )  # fmt: skip
     return None
 
 
 def load_checkpoint(engine: Any, path: str | os.PathLike, ema: ShardedEMA | None = None) -> tuple:
-    """Restore model, optimizer, LR schedule and EMA from ``path`` (collective); returns
-    ``(step, extra)`` with this rank's ``extra`` as saved."""
+    """Restore weights, Adam state, step counts and EMA from ``path`` (collective), resharding
+    when it was written by another rank count or ZeRO stage; returns ``(step, extra)``.
+
+    ``extra`` is what this rank saved; at another rank count it is rank ``rank % saved
+    world``'s, with ``extra["resharded_from"]`` set to the saved world size."""
+    from hpcdiff.distributed.restore import restore_state
+
     rank, world = _rank_world()
     path = Path(path)
     manifest = read_manifest(path)
-    if manifest["world_size"] != world:
-        raise ValueError(
-            f"{path} was written by {manifest['world_size']} ranks, this job has {world}: resume "
-            "with the same number of ranks (or consolidate it and start from the weights)"
-        )
-    stage = int(engine.zero_optimization_stage())
-    if manifest["zero_stage"] != stage:
-        raise ValueError(
-            f"{path} was written at ZeRO stage {manifest['zero_stage']}, "
-            f"this engine runs stage {stage}"
-        )
-    loaded, _ = engine.load_checkpoint(
-        str(path), tag="ds", load_optimizer_states=True, load_lr_scheduler_states=True
-    )
-    if loaded is None:
-        raise RuntimeError(f"DeepSpeed could not load {path / 'ds'}")
-    if ema is not None:
-        if not manifest["has_ema"]:
-            raise ValueError(f"{path} holds no EMA but an EMA was passed to restore")
-        ema.load_state_dict(load_torch(path / "ema" / f"rank_{rank:05d}.pt"))
-    return manifest["step"], load_torch(path / "extra" / f"rank_{rank:05d}.pt")
+    if ema is not None and not manifest["has_ema"]:
+        raise CheckpointError(f"{path} holds no EMA but the run has one (ema.enabled)")
+    restore_state(engine, path, manifest, ema)
+    saved_world = int(manifest["world_size"])
+    extra = load_torch(path / "extra" / f"rank_{rank % saved_world:05d}.pt")
+    if saved_world != world or manifest["zero_stage"] != int(engine.zero_optimization_stage()):
+        if rank == 0:
+            log.info(
+                "resharded %s: written by %d ranks at ZeRO-%d, loaded on %d at ZeRO-%d",
+                path, saved_world, manifest["zero_stage"], world,
+                engine.zero_optimization_stage(),
+            )  # fmt: skip
+        if saved_world != world:
+            extra = {**extra, "resharded_from": saved_world}
+    return manifest["step"], extra
 
 
 def resume(
@@ -280,11 +415,15 @@ def resume(
     if resume_from == "none":
         return None
     if resume_from == "latest":
+        if _rank_world()[0] == 0 and Path(ckpt_dir).is_dir():
+            remove_stale(Path(ckpt_dir))
         path = find_latest(ckpt_dir)
         return None if path is None else load_checkpoint(engine, path, ema)
     problems = verify_checkpoint(resume_from)
     if problems:
-        raise ValueError(f"checkpoint.resume={resume_from!r} is unusable: {'; '.join(problems)}")
+        raise CheckpointError(
+            f"checkpoint.resume={resume_from!r} is unusable: {'; '.join(problems)}"
+        )
     return load_checkpoint(engine, resume_from, ema)
 
 

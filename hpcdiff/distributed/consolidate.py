@@ -1,8 +1,9 @@
-"""Turn a sharded training checkpoint (ZeRO 0-3) into one float32 state dict for inference.
+"""Turn a sharded training checkpoint (any ZeRO stage, any rank count) into one float32 state
+dict for inference.
 
-Runs in a single process, without a process group: stages 1-3 are joined with DeepSpeed's
-``zero_to_fp32`` (the exact fp32 master weights), stage 0 (where that tool does not apply) is
-read from the replicated module state. The EMA weights are joined from the per-rank shards.
+Runs in a single process, without a process group and without DeepSpeed: every parameter is
+joined from the per-rank fragments of the float32 master weights (or of the EMA), buffers and
+frozen parameters come from ``module.pt``.
 """
 
 from __future__ import annotations
@@ -11,39 +12,36 @@ import os
 from pathlib import Path
 
 import torch
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from hpcdiff.distributed.checkpoint import load_torch, read_manifest, verify_checkpoint
-from hpcdiff.distributed.ema import consolidate_ema
+from hpcdiff.distributed.restore import SavedState
 
 
-def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+def _joined(path: Path, key: str) -> dict[str, torch.Tensor]:
+    manifest = read_manifest(path)
+    saved = SavedState(path, manifest)
+    out = {}
+    for name, shape in manifest["params"].items():
+        numel = torch.Size(shape).numel()
+        out[name] = saved.read(name, key, 0, numel).clone().view(shape)
+    return out
 
 
 def model_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Whole float32 weights and buffers of the trained model in checkpoint ``path``."""
     path = Path(path)
-    manifest = read_manifest(path)
-    if manifest["zero_stage"] == 0:
-        state = load_torch(path / "ds" / "mp_rank_00_model_states.pt")["module"]
-    else:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag="ds")
-    return _float32(dict(state))
+    fixed = {k: v.float() if v.is_floating_point() else v
+             for k, v in load_torch(path / "module.pt").items()}  # fmt: skip
+    return {**fixed, **_joined(path, "fp32")}
 
 
 def ema_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Whole float32 EMA weights of checkpoint ``path`` (buffers taken from the model)."""
+    """Whole float32 EMA weights of checkpoint ``path`` (buffers and frozen parameters taken
+    from the model)."""
     path = Path(path)
-    shards = sorted((path / "ema").glob("rank_*.pt"))
-    if not shards:
-        raise FileNotFoundError(f"{path}: checkpoint holds no EMA shards")
-    model = model_state_dict(path)
-    ema = consolidate_ema([load_torch(p) for p in shards])
-    unknown = sorted(set(ema) - set(model))
-    if unknown:
-        raise ValueError(f"{path}: EMA names {unknown[:5]} are not in the model state")
-    return {**model, **ema}
+    if not read_manifest(path)["has_ema"]:
+        raise FileNotFoundError(f"{path}: checkpoint holds no EMA")
+    return {**model_state_dict(path), **_joined(path, "ema")}
 
 
 def consolidate_checkpoint(

@@ -189,7 +189,10 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         start, extra = resumed
         samples_seen = int(extra["samples_seen"])
         stream.load_state_dict(extra["data"])
-        restore_rng_state(extra["rng"])
+        if "resharded_from" in extra:  # per-rank RNG streams do not map to another rank count
+            torch.manual_seed((cfg.run.seed * 100_003 + rank + 1) * 1_000_003 + start)
+        else:
+            restore_rng_state(extra["rng"])
     else:
         torch.manual_seed(cfg.run.seed * 100_003 + rank + 1)  # distinct noise per rank
     accum = cfg.zero.grad_accum_steps

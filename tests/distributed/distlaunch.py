@@ -62,8 +62,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def spawn_ranks(args: list[str], world: int = 2, script: Path = WORKER) -> list[subprocess.Popen]:
-    """Start ``world`` plain `python` ranks of ``script`` wired by the HPCDIFF_* variables."""
+def spawn_ranks(
+    args: list[str], world: int = 2, script: Path = WORKER, extra_env: dict | None = None
+) -> list[subprocess.Popen]:
+    """Start ``world`` plain `python` ranks of ``script`` wired by the HPCDIFF_* variables
+    (plus ``extra_env``)."""
     port = str(free_port())
     procs = []
     for rank in range(world):
@@ -74,6 +77,7 @@ def spawn_ranks(args: list[str], world: int = 2, script: Path = WORKER) -> list[
             HPCDIFF_LOCAL_WORLD_SIZE=str(world),
             HPCDIFF_MASTER_ADDR="127.0.0.1",
             HPCDIFF_MASTER_PORT=port,
+            **(extra_env or {}),
         )
         cmd = [sys.executable, str(script), *args]
         procs.append(

@@ -9,6 +9,7 @@ and rank 0 writes the losses (global means), the ZeRO memory measurements and it
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -26,7 +27,9 @@ from hpcdiff.train.lr import OptimConfig, lr_at, set_lr
 GLOBAL_BATCH = 8
 SHAPE = (4, 8, 8)  # C H W
 SIGMA = 0.5
-LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 2e-3, (0.9, 0.99), 1e-8, 0.01, 0.5
+# GRAD_CLIP is below the global gradient norms of this training (0.29-0.36 unclipped), so
+# every step clips: the distributed runs must clip exactly as torch does.
+LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 2e-3, (0.9, 0.99), 1e-8, 0.01, 0.2
 WARMUP = 2  # optimizer steps of linear LR warm-up (the trainer's hpcdiff.train.lr schedule)
 EMA = EMAConfig(halflife_samples=24.0, rampup_ratio=0.5)
 OPTIM = OptimConfig(
@@ -108,13 +111,13 @@ def reference_run(steps: int) -> dict:
     opt = torch.optim.AdamW(net.parameters(), LR, BETAS, EPS, WEIGHT_DECAY)
     ema = {n: p.detach().clone() for n, p in net.named_parameters()}
     torch.manual_seed(1)
-    losses = []
+    losses, norms = [], []
     for step in range(steps):
         x, noise = global_batch()
         loss = denoising_loss(net, x, noise)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
+        norms.append(torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP).item())
         set_lr(opt, lr_at(step, steps, OPTIM))
         opt.step()
         beta = EMA.beta(step * GLOBAL_BATCH, GLOBAL_BATCH)
@@ -126,7 +129,14 @@ def reference_run(steps: int) -> dict:
         net.load_state_dict({**state, **ema})
         ema_loss = denoising_loss(net, *eval_batch()).item()
     pos_sum = state["embed.pos"].double().sum().item()
-    return {"losses": losses, "state": state, "ema": ema, "ema_loss": ema_loss, "pos_sum": pos_sum}
+    return {
+        "losses": losses,
+        "state": state,
+        "ema": ema,
+        "ema_loss": ema_loss,
+        "pos_sum": pos_sum,
+        "grad_norms": norms,
+    }
 
 
 def _evaluate(engine, ema, rank: int, world: int) -> dict:
@@ -156,6 +166,7 @@ def _build(ctx, stage: int, args):
         precision=args.precision if stage in args.precision_stages else "fp32",
         grad_accum_steps=args.grad_accum,
         init_on_construct=args.init_on_construct and stage == 3,
+        offload_optimizer="cpu" if args.offload else "none",
         extra=json.loads(args.zero_extra),
     )
     torch.manual_seed(0)
@@ -188,6 +199,41 @@ def _step(engine, ema, step: int, args, rank: int, world: int) -> float:
     return total.item() / (world * args.grad_accum)
 
 
+def dump_state(engine, ema, path: Path, rank: int) -> None:
+    """Whole float32 weights, Adam moments and EMA as the live engine holds them, read
+    through DeepSpeed's own accessors (independent of hpcdiff's checkpoint code)."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    from hpcdiff.distributed.shards import base_optimizer
+
+    base, out = base_optimizer(engine), {}
+    for i, (name, p) in enumerate(engine.module.named_parameters()):
+        fp32 = safe_get_full_fp32_param(p)
+        if fp32 is None:  # ZeRO-0 fp32: the optimizer updates the module parameter itself
+            fp32, state = p.detach(), base.state[p]
+            moments = [state[k] for k in ("exp_avg", "exp_avg_sq")]
+        else:
+            moments = [safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")]
+        out[name] = [t.detach().float().cpu().clone() for t in (fp32, *moments, ema._whole(i))]
+    if rank == 0:
+        torch.save(out, path)
+
+
+def _die_in_next_save() -> None:
+    """Fault injection: this rank's next checkpoint file stops half-way, killed by SIGKILL."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        buffer = io.BytesIO()
+        real(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = save
+
+
 def _train(ctx, stage: int, args) -> dict:
     from hpcdiff.distributed.checkpoint import (
         capture_rng_state,
@@ -202,20 +248,26 @@ def _train(ctx, stage: int, args) -> dict:
     probe = ZeroMemoryProbe(engine)
     torch.manual_seed(1)
     start, losses = 0, {}
-    ckpt_dir = Path(args.ckpt_dir) / f"stage{stage}" if args.ckpt_dir else None
+    ckpt_dir = Path(args.ckpt_dir) / (args.ckpt_name or f"stage{stage}") if args.ckpt_dir else None
     if ckpt_dir is not None and args.resume:
-        restored = resume(engine, ckpt_dir, "latest", ema)
+        restored = resume(engine, ckpt_dir, args.resume_from or "latest", ema)
         if restored is not None:
             start, extra = restored
-            restore_rng_state(extra["rng"])
+            restore_rng_state(extra["rng"])  # the same on every rank: batches are global
+    if args.dump_state and start == args.dump_step:  # right after loading
+        dump_state(engine, ema, Path(args.dump_state), rank)
     for step in range(start, args.steps):
         if rank == args.die_rank and step == args.die_step:
             os.kill(os.getpid(), signal.SIGKILL)
         losses[step] = _step(engine, ema, step, args, rank, world)
         done = step + 1
+        if rank == args.die_rank and done == args.die_in_save:
+            _die_in_next_save()
         if ckpt_dir is not None and (done % args.ckpt_every == 0 or done == args.steps):
             extra = {"rng": capture_rng_state()}
             save_checkpoint(engine, ckpt_dir, done, ema, extra, keep_last=args.keep_last)
+        if args.dump_state and done == args.dump_step:  # what the checkpoint of done holds
+            dump_state(engine, ema, Path(args.dump_state), rank)
     memory = probe.measure()
     return {
         **_evaluate(engine, ema, rank, world),
@@ -244,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt-every", type=int, default=2)
     parser.add_argument("--keep-last", type=int, default=5)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume-from", help="checkpoint path (default: the newest)")
+    parser.add_argument("--ckpt-name", help="checkpoint directory name (default stage<N>)")
+    parser.add_argument("--dump-state", help="rank 0 saves the whole state at --dump-step")
+    parser.add_argument("--dump-step", type=int, default=-1, help="after this step or resume")
+    parser.add_argument("--offload", action="store_true", help="ZeRO optimizer CPU offload")
     parser.add_argument("--die-rank", type=int, default=-1)
     parser.add_argument("--die-step", type=int, default=-1)
+    parser.add_argument("--die-in-save", type=int, default=-1, help="SIGKILL mid-save of step")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     args.precision_stages = {int(s) for s in args.precision_stages.split(",") if s}

@@ -3,9 +3,9 @@ state capture. (Resume after a kill runs in test_dist_failures.)"""
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -38,26 +38,27 @@ def test_manifest_lists_every_file_with_its_checksum(ckpts):
     assert manifest["has_ema"] and manifest["model_spec"]["class"] == "distworker:TinyNet"
     files = sorted(p.relative_to(newest).as_posix() for p in newest.rglob("*") if p.is_file())
     assert sorted(manifest["files"]) == [f for f in files if f != "manifest.json"]
-    assert {"ema/rank_00000.pt", "extra/rank_00000.pt"} <= set(manifest["files"])
+    assert set(manifest["files"]) == {"state/rank_00000.pt", "extra/rank_00000.pt", "module.pt"}
     assert all(len(v["sha256"]) == 64 for v in manifest["files"].values())
     assert verify_checkpoint(newest) == []
 
 
 @pytest.mark.multiprocess
-def test_truncated_newest_checkpoint_falls_back_with_a_warning(ckpts):
+def test_truncated_newest_checkpoint_falls_back_with_a_warning(ckpts, caplog):
     newest, older = list_checkpoints(ckpts)
-    victim = newest / "ema" / "rank_00000.pt"
+    victim = newest / "state" / "rank_00000.pt"
     size = victim.stat().st_size
     victim.write_bytes(victim.read_bytes()[: size // 2])
     assert verify_checkpoint(newest) == [
-        f"ema/rank_00000.pt has {size // 2} bytes, expected {size}"
+        f"state/rank_00000.pt has {size // 2} bytes, expected {size}"
     ]
-    with pytest.warns(RuntimeWarning, match="step_000000003 is corrupt or incomplete"):
+    with caplog.at_level(logging.WARNING, logger="hpcdiff"):
         assert find_latest(ckpts) == older
+    assert "step_000000003 is corrupt or incomplete" in caplog.text
 
 
 @pytest.mark.multiprocess
-def test_flipped_bytes_missing_files_and_manifests_are_detected(ckpts):
+def test_flipped_bytes_missing_files_and_manifests_are_detected(ckpts, caplog):
     newest, older = list_checkpoints(ckpts)
     victim = newest / "extra" / "rank_00000.pt"
     data = bytearray(victim.read_bytes())
@@ -66,10 +67,9 @@ def test_flipped_bytes_missing_files_and_manifests_are_detected(ckpts):
     assert verify_checkpoint(newest) == ["extra/rank_00000.pt fails its sha256 checksum"]
     (older / "manifest.json").unlink()
     assert "no readable manifest" in verify_checkpoint(older)[0]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="hpcdiff"):
         assert find_latest(ckpts) is None
-    assert len(caught) == 2
+    assert [r.levelname for r in caplog.records].count("WARNING") == 2
 
 
 @pytest.mark.multiprocess
@@ -101,7 +101,7 @@ def test_consolidation_checks_and_writes_a_plain_state_dict(ckpts, tmp_path):
         consolidate_checkpoint(newest, tmp_path / "m.mdlus", submodule="mid")
     with pytest.raises(ValueError, match="weights='last'"):
         consolidate_checkpoint(newest, tmp_path / "x.pt", weights="last")
-    (newest / "ds" / "zero_pp_rank_0_mp_rank_00_model_states.pt").unlink()
+    (newest / "module.pt").unlink()
     with pytest.raises(ValueError, match="corrupt or incomplete"):
         consolidate_checkpoint(newest, tmp_path / "y.pt")
 

@@ -79,7 +79,7 @@ def test_resume_latest_continues_the_uninterrupted_curve(killed, torchrun_run, t
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(killed, torchrun_run, tmp_path):
     corrupt = tmp_path / "src"
     shutil.copytree(killed["ckpt"], corrupt)
-    victim = corrupt / "stage2" / "step_000000004" / "ds" / "mp_rank_00_model_states.pt"
+    victim = corrupt / "stage2" / "step_000000004" / "state" / "rank_00000.pt"
     victim.write_bytes(victim.read_bytes()[:-100])  # truncated, as by a full disk
     resumed, results = _resume(tmp_path, corrupt)
     assert "step_000000004 is corrupt or incomplete" in results[0][2]
@@ -87,6 +87,48 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(killed, torchrun_r
     assert resumed["start"] == 2
     assert resumed["losses"] == {s: uninterrupted[s] for s in range(2, 6)}
     assert verify_checkpoint(tmp_path / "ckpt" / "stage2" / "step_000000004") == []  # rewritten
+
+
+@pytest.fixture(scope="module")
+def killed_in_save(tmp_path_factory) -> dict:
+    """Like ``killed``, but rank 1 is SIGKILLed half-way through writing the step-4 checkpoint."""
+    root = tmp_path_factory.mktemp("killed_in_save")
+    args = ["--out", str(root / "r.json"), "--ckpt-dir", str(root / "ckpt"), *TRAIN]
+    results = _finish(spawn_ranks([*args, "--die-rank", "1", "--die-in-save", "4"]))
+    return {"results": results, "ckpt": root / "ckpt"}
+
+
+@pytest.mark.multiprocess
+def test_rank_killed_mid_save_leaves_the_previous_checkpoint_resumable(
+    killed_in_save, torchrun_run, tmp_path
+):
+    (code0, _, err0), (code1, _, _) = killed_in_save["results"]
+    assert code1 == -signal.SIGKILL and code0 != 0
+    assert "rank 1 (" in err0, err0[-3000:]
+    stage = killed_in_save["ckpt"] / "stage2"
+    assert [p.name for p in list_checkpoints(stage)] == ["step_000000002"]
+    assert (stage / ".tmp_step_000000004").is_dir()  # what the dead rank's save left
+    assert verify_checkpoint(stage / "step_000000002") == []
+    resumed, results = _resume(tmp_path, killed_in_save["ckpt"])
+    assert not (tmp_path / "ckpt" / "stage2" / ".tmp_step_000000004").exists()  # cleaned up
+    uninterrupted = torchrun_run["result"]["runs"][2]["losses"]
+    assert resumed["start"] == 2
+    assert resumed["losses"] == {s: uninterrupted[s] for s in range(2, 6)}
+
+
+@pytest.mark.multiprocess
+def test_fallback_is_reported_even_with_python_warnings_ignored(killed, tmp_path):
+    corrupt = tmp_path / "src"
+    shutil.copytree(killed["ckpt"], corrupt)
+    victim = corrupt / "stage2" / "step_000000004" / "extra" / "rank_00001.pt"
+    victim.write_bytes(victim.read_bytes()[:-1] + b"x")  # same size, a non-first file
+    args = ["--out", str(tmp_path / "r.json"), "--ckpt-dir", str(corrupt), *TRAIN, "--resume"]
+    procs = spawn_ranks(args, extra_env={"PYTHONWARNINGS": "ignore"})
+    results = _finish(procs)
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:]
+    assert "step_000000004 is corrupt or incomplete" in results[0][2]
+    assert "extra/rank_00001.pt fails its sha256 checksum" in results[0][2]
+    assert read_result(tmp_path / "r.json")["runs"][2]["start"] == 2
 
 
 LEAVE_WITHOUT_SHUTDOWN = """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import distworker
 import pytest
 import torch
 from distlaunch import ROOT, read_result, run, sbatch, worker_env
@@ -176,3 +177,8 @@ def test_consolidated_checkpoint_is_the_trained_model(torchrun_run, reference, t
     assert sorted(ema) == sorted(ref["state"])
     for name, value in ref["ema"].items():
         torch.testing.assert_close(ema[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_every_step_of_the_equality_runs_clips_the_gradient(reference):
+    # The launcher runs above match this reference only if DeepSpeed clips as torch does.
+    assert min(reference[6]["grad_norms"]) > distworker.GRAD_CLIP

@@ -7,6 +7,7 @@ is known in closed form: (theta_0 + theta_1) / 2.
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -138,7 +139,7 @@ def test_submodule_export_reproduces_the_objective_model(run, tmp_path, capsys):
 def corrupt_run(run, tmp_path):
     """A copy of the run whose newest checkpoint has one flipped byte in an EMA shard."""
     copy = shutil.copytree(run, tmp_path / "run")
-    shard = copy / STEP2 / "ema" / "rank_00001.pt"
+    shard = copy / STEP2 / "state" / "rank_00001.pt"
     blob = bytearray(shard.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     shard.write_bytes(bytes(blob))
@@ -148,7 +149,7 @@ def corrupt_run(run, tmp_path):
 def test_inspect_names_the_corrupt_file_and_fails(corrupt_run, capsys):
     code, out, err = cli(capsys, "inspect", corrupt_run)
     assert code == 1
-    assert "ema/rank_00001.pt fails its sha256 checksum" in out
+    assert "state/rank_00001.pt fails its sha256 checksum" in out
     assert "verification: FAILED" in out and "verification: OK" in out  # step 1 is intact
     assert str(corrupt_run / STEP2) in err
     code, out, _ = cli(capsys, "inspect", corrupt_run, "--json")
@@ -163,9 +164,10 @@ def test_inspect_names_the_corrupt_file_and_fails(corrupt_run, capsys):
     assert code == 1 and "manifest.json: no readable manifest" in out
 
 
-def test_consolidate_skips_a_corrupt_newest_checkpoint_or_refuses_it(corrupt_run, capsys):
-    with pytest.warns(RuntimeWarning, match="corrupt or incomplete"):
+def test_consolidate_skips_a_corrupt_newest_checkpoint_or_refuses_it(corrupt_run, capsys, caplog):
+    with caplog.at_level(logging.WARNING, logger="hpcdiff"):
         code, out, _ = cli(capsys, "consolidate", corrupt_run, "-o", corrupt_run / "m.mdlus")
+    assert "step_000000002 is corrupt or incomplete" in caplog.text
     assert code == 0 and "weights of step 1" in out
     code, _, err = cli(capsys, "consolidate", corrupt_run / STEP2, "-o", corrupt_run / "x.mdlus")
     assert code == 1 and str(corrupt_run / STEP2) in err and "sha256" in err

@@ -170,3 +170,64 @@ def test_same_losses_under_torchrun_and_mpiexec(workdir):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     a, b = _losses(workdir / "runs" / "by_torchrun"), _losses(workdir / "runs" / "by_mpiexec")
     assert sorted(a) == [1, 2] and a == b
+
+
+def _checkpoint_fault(workdir, run_dir: Path, steps: int, prefix=()):
+    """Rerun ``run_dir``'s training to ``steps`` expecting the checkpoint write to fail."""
+    out = subprocess.run(
+        [*prefix, BIN / "hpcdiff", "train", "--config", "tiny.yaml",
+         f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}", f"run.steps={steps}"],
+        cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-4000:]  # EXIT_IO
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and len(lines) == 1, out.stderr  # one line
+    assert lines[0].startswith("hpcdiff train: error: checkpoint ")
+    assert str(run_dir / "checkpoints") in lines[0]
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_000000002"]  # no temporary left
+    from hpcdiff.distributed.checkpoint import verify_checkpoint
+
+    assert verify_checkpoint(ckpts / "step_000000002") == []
+    log = (run_dir / "logs" / "rank00000.log").read_text()
+    assert "Traceback" in log and "CheckpointWriteError" in log  # kept in the rank log
+    return lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (root)")
+def test_disk_full_while_checkpointing_keeps_the_previous_one(workdir, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt], check=True)
+    try:
+        run = mnt / "full"
+        _hpcdiff(workdir, "train", "--config", "tiny.yaml", f"run.out_dir={mnt}",
+                 "run.name=full", "run.steps=2")  # fmt: skip
+        ckpt = sum(p.stat().st_size for p in (run / "checkpoints").rglob("*") if p.is_file())
+        fs = os.statvfs(mnt)
+        used = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+        # Room for the logs and half of the next checkpoint: its write fails with ENOSPC.
+        subprocess.run(["mount", "-o", f"remount,size={used + ckpt // 2}", mnt], check=True)
+        line = _checkpoint_fault(workdir, run, steps=4)
+        assert "No space left on device" in line
+        subprocess.run(["mount", "-o", "remount,size=64m", mnt], check=True)
+        _hpcdiff(workdir, "train", "--config", "tiny.yaml", f"run.out_dir={mnt}",
+                 "run.name=full", "run.steps=4")  # fmt: skip
+        _hpcdiff(workdir, "train", "--config", "tiny.yaml", "run.name=full_ref", "run.steps=4")
+        assert _losses(run) == _losses(workdir / "runs" / "full_ref")  # resumed from step 2
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops root's permission override")
+def test_permission_denied_while_checkpointing_keeps_the_previous_one(workdir):
+    run = workdir / "runs" / "denied"
+    _hpcdiff(workdir, "train", "--config", "tiny.yaml", "run.name=denied", "run.steps=2")
+    (run / "checkpoints").chmod(0o555)
+    try:  # root without CAP_DAC_OVERRIDE obeys the mode bits like any user
+        drop = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+        line = _checkpoint_fault(workdir, run, steps=4, prefix=drop)
+    finally:
+        (run / "checkpoints").chmod(0o755)
+    assert "Permission denied" in line
