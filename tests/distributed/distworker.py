@@ -275,6 +275,7 @@ def _train(ctx, stage: int, args) -> dict:
         "start": start,
         "precision": precision,
         "memory": {k: getattr(memory, k) for k in ("params", "grads", "optimizer")},
+        "ema_numel": sum(s.numel() for s in ema.shadow),  # this rank's share of the EMA
         "num_params": sum(
             p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in engine.module.parameters()
         ),

@@ -182,3 +182,10 @@ def test_consolidated_checkpoint_is_the_trained_model(torchrun_run, reference, t
 def test_every_step_of_the_equality_runs_clips_the_gradient(reference):
     # The launcher runs above match this reference only if DeepSpeed clips as torch does.
     assert min(reference[6]["grad_norms"]) > distworker.GRAD_CLIP
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_each_of_two_ranks_holds_half_of_the_ema_at_every_stage(torchrun_run, stage):
+    run_ = torchrun_run["result"]["runs"][stage]
+    half = run_["num_params"] / 2
+    assert abs(run_["ema_numel"] - half) <= 0.01 * half + 64  # ZeRO's alignment padding

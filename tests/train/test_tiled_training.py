@@ -3,6 +3,7 @@ run under torchrun where each rank's NetCDF reads are recorded and checked again
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,42 @@ def test_patch_mode_trains_on_chunk_aligned_windows(dataset):
     rows = [json.loads(line) for line in (dataset / "runs" / "patchmode" / "metrics.jsonl").open()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(0 < v < 10 for v in losses)
+
+
+def _train(work: Path, ranks: int, *overrides: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [BIN / "torchrun", "--standalone", "--nproc-per-node", str(ranks), "-m", "hpcdiff",
+           "train", "--config", "tiled.yaml", "run.val_every=0", "checkpoint.every_steps=3",
+           "run.steps=6", *overrides]  # fmt: skip
+    out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+
+
+def _resumed_copy(work: Path, src: str, dst: str) -> Path:
+    """A copy of run ``src`` as it was after step 3 (the newer checkpoint removed)."""
+    copy = shutil.copytree(work / "runs" / src, work / "runs" / dst)
+    shutil.rmtree(copy / "checkpoints" / "step_000000006")
+    return copy
+
+
+def _step_losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.multiprocess
+def test_tiled_training_resumes_on_another_stage_and_rank_count(dataset):
+    """2 ranks, domain.grid [1, 2], ZeRO-2 -> the same ranks at ZeRO-3 (same noise: the losses
+    continue up to summation order), and -> 1 rank without tiling at ZeRO-1 (resharded)."""
+    _train(dataset, 2, "run.name=tiled_ref")
+    ref = _step_losses(dataset / "runs" / "tiled_ref")
+    zero3 = _resumed_copy(dataset, "tiled_ref", "tiled_zero3")
+    _train(dataset, 2, "run.name=tiled_zero3", "zero.stage=3")
+    assert _step_losses(zero3) == pytest.approx(ref, rel=1e-4)  # steps 1-3 kept, 4-6 rerun
+    one = _resumed_copy(dataset, "tiled_ref", "tiled_one")
+    _train(dataset, 1, "run.name=tiled_one", "zero.stage=1", "domain.grid=[1, 1]")
+    log = (one / "logs" / "rank00000.log").read_text()
+    assert "written by 2 ranks at ZeRO-2, loaded on 1 at ZeRO-1" in log
+    losses = _step_losses(one)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert all(0 < losses[s] < 2 * ref[s] for s in (4, 5, 6))  # other noise, same model
