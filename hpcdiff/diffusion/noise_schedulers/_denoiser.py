@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from hpcdiff.diffusion._tensor import bcast
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.base import Denoiser, Predictor
 from hpcdiff.diffusion.noise_schedulers._families import UnitSignalMixin
 
@@ -80,17 +80,17 @@ def _unit_signal(s, predictor: Predictor, kind: PredictionKind, k: float) -> Den
 
     def from_x0(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x0 = predictor(x, t)
-        t_bc = bcast(t, x)  # (B, 1, ..., 1)
+        t_bc = per_sample(t, x)  # (B, 1, ..., 1)
         return (-2 * k * s.sigma_dot(t_bc) / s.sigma(t_bc)) * (x0 - x)
 
     def from_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         score = predictor(x, t)
-        t_bc = bcast(t, x)
+        t_bc = per_sample(t, x)
         return (-2 * k * s.sigma_dot(t_bc) * s.sigma(t_bc)) * score
 
     def from_epsilon(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = predictor(x, t)
-        return (2 * k * s.sigma_dot(bcast(t, x))) * eps
+        return (2 * k * s.sigma_dot(per_sample(t, x))) * eps
 
     def from_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return 2 * k * predictor(x, t)
@@ -109,7 +109,7 @@ def _general(s, predictor: Predictor, kind: PredictionKind, k: float) -> Denoise
     """
 
     def coefficients(x: torch.Tensor, t: torch.Tensor):
-        t_bc = bcast(t, x)  # (B, 1, ..., 1)
+        t_bc = per_sample(t, x)  # (B, 1, ..., 1)
         sigma, alpha = s.sigma(t_bc), s.alpha(t_bc)
         f_coef = s.alpha_dot(t_bc) / alpha
         g_sq = 2 * s.sigma_dot(t_bc) * sigma - 2 * f_coef * sigma**2
@@ -132,7 +132,7 @@ def _general(s, predictor: Predictor, kind: PredictionKind, k: float) -> Denoise
 
     def from_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = predictor(x, t)
-        t_bc = bcast(t, x)
+        t_bc = per_sample(t, x)
         f_coef = s.alpha_dot(t_bc) / s.alpha(t_bc)
         return torch.addcmul(2 * k * v, (1 - 2 * k) * f_coef, x)
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from hpcdiff.diffusion._tensor import bcast
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.noise_schedulers._families import (
     SigmaIsTimeMixin,
     as_sigma_data,
@@ -104,7 +104,7 @@ class StudentTEDMNoiseScheduler(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
     def add_noise(self, x0: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """x_t = x0 + sigma(t) n with per-sample Student-t noise n; (B, *)."""
         n = self._student_t(tuple(x0.shape), x0.device, x0.dtype)
-        return x0 + self.sigma(bcast(time, x0)) * n
+        return x0 + self.sigma(per_sample(time, x0)) * n
 
     def init_latents(
         self,
@@ -117,4 +117,4 @@ class StudentTEDMNoiseScheduler(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
         """x_N = sigma(t_N) n with per-sample Student-t noise n; (B, *spatial_shape)."""
         device = tN.device if device is None else device
         n = self._student_t((tN.shape[0], *spatial_shape), device, dtype)
-        return self.sigma(bcast(tN, n)) * n
+        return self.sigma(per_sample(tN, n)) * n

@@ -6,7 +6,7 @@ import torch
 
 from hpcdiff.diffusion.base import Denoiser
 from hpcdiff.diffusion.samplers._churn import DiffusionFn, EDMChurn, TimeFn
-from hpcdiff.diffusion.samplers.base import Solver, check_alpha, per_sample
+from hpcdiff.diffusion.samplers.base import NoiseFn, Solver, check_alpha, per_sample
 from hpcdiff.diffusion.samplers.heun import heun_step
 
 
@@ -36,6 +36,9 @@ class EDMStochasticHeunSolver(EDMChurn, Solver):
         ``(x, t) -> g^2(x, t)`` scaling the noise; default ``2 t`` (EDM).
     generator : torch.Generator, optional
         Source of the injected noise; default the global generator (``randn_like``).
+    noise_fn : callable, optional
+        ``x -> eps``, fresh standard normal noise like ``x``; replaces ``generator`` (give
+        one or neither).
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import EDMStochasticHeunSolver
@@ -58,12 +61,22 @@ class EDMStochasticHeunSolver(EDMChurn, Solver):
         diffusion_fn: DiffusionFn | None = None,
         *,
         generator: torch.Generator | None = None,
+        noise_fn: NoiseFn | None = None,
     ) -> None:
         self.alpha = check_alpha(alpha)
         super().__init__(
-            denoiser, S_churn, S_min, S_max, S_noise, num_steps,
-            sigma_fn, sigma_inv_fn, diffusion_fn, generator,
-        )  # fmt: skip
+            denoiser,
+            S_churn=S_churn,
+            S_min=S_min,
+            S_max=S_max,
+            S_noise=S_noise,
+            num_steps=num_steps,
+            sigma_fn=sigma_fn,
+            sigma_inv_fn=sigma_inv_fn,
+            diffusion_fn=diffusion_fn,
+            generator=generator,
+            noise_fn=noise_fn,
+        )
 
     def step(self, x: torch.Tensor, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         """Churn then Heun: ``x`` (B, *) from ``t_cur`` (B,) to ``t_next`` (B,)."""
