@@ -11,7 +11,7 @@ rhs is f + 2k (v - f): the ODE rhs is v itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -142,7 +142,22 @@ def _general(s, predictor: Predictor, kind: PredictionKind, k: float) -> Denoise
     return funcs.get(kind, from_velocity)
 
 
-def linear_parts(s, prediction_type: str) -> tuple[TimeFn, TimeFn, TimeFn]:
+class LinearSplit(NamedTuple):
+    """``(bias_fn, bias_int_fn, slope_fn)`` = (a, A with A' = a, b) of F = a x + b N.
+
+    Unpacks into the three functions; called, it is ``a(t)``, the single ``linear_fn`` of the
+    reference's earlier development form (a solver given it still gets A and b from it).
+    """
+
+    bias_fn: TimeFn
+    bias_int_fn: TimeFn
+    slope_fn: TimeFn
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return self.bias_fn(t)
+
+
+def linear_parts(s, prediction_type: str) -> LinearSplit:
     """``(a, A, b)`` of the ODE rhs F = a x + b N for an N = ``prediction_type`` estimate."""
 
     def eps_bias(t: torch.Tensor) -> torch.Tensor:
@@ -177,4 +192,4 @@ def linear_parts(s, prediction_type: str) -> tuple[TimeFn, TimeFn, TimeFn]:
             "prediction_type must be 'x0', 'score', 'epsilon' or 'velocity', "
             f"got {prediction_type!r}."
         )
-    return parts[prediction_type]
+    return LinearSplit(*parts[prediction_type])

@@ -11,7 +11,7 @@ import torch
 from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.base import Denoiser, Predictor, PredictorType
 from hpcdiff.diffusion.noise_schedulers._denoiser import (
-    TimeFn,
+    LinearSplit,
     build_denoiser,
     linear_parts,
     pick_predictor,
@@ -184,9 +184,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         """Signal-to-noise ratio alpha(t)^2 / sigma(t)^2 (Kingma et al. 2021), elementwise."""
         return (self.alpha(t) / self.sigma(t)) ** 2
 
-    def get_linear_denoiser(
-        self, prediction_type: PredictorType = "x0"
-    ) -> tuple[TimeFn, TimeFn, TimeFn]:
+    def get_linear_denoiser(self, prediction_type: PredictorType = "x0") -> LinearSplit:
         """Split the probability-flow ODE rhs as F(x, t) = a(t) x + b(t) N(x, t).
 
         N is the ``prediction_type`` estimate; returns ``(bias_fn, bias_int_fn, slope_fn)``
@@ -194,6 +192,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         b = alpha' - alpha sigma'/sigma; epsilon: a = alpha'/alpha, A = log alpha,
         b = sigma' - sigma alpha'/alpha; score: a, A as epsilon, b = -sigma (sigma' - sigma
         alpha'/alpha); velocity: a = A = 0, b = 1. Exponential integrators treat a exactly.
+        The result also acts as ``linear_fn``: called, it is a(t).
         """
         return linear_parts(self, prediction_type)
 
