@@ -35,6 +35,7 @@ from hpcdiff.distributed.domain import (
     block_noise,
     sum_in_group,
 )
+from hpcdiff.extras import available, install_hint
 from hpcdiff.generate.tiled import (
     TiledMultiDiffusionDPSScorePredictor,
     TiledMultiDiffusionPredictor,
@@ -236,7 +237,10 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     result = {"netcdf": str(out.path), "times": times, "ensemble": s.ensemble,
               "domain_grid": list(mesh.grid), "world": mesh.world}  # fmt: skip
     if ctx.env.rank == 0:
-        result["plots"] = [str(p) for p in plot_file(out.path, out_dir, variables)]
+        if available("matplotlib"):
+            result["plots"] = [str(p) for p in plot_file(out.path, out_dir, variables)]
+        else:  # the samples file is the product; the PNGs are quick-looks
+            log.warning("no quick-look PNGs: they need %s", install_hint("matplotlib"))
         (out_dir / "summary.json").write_text(json.dumps(result, indent=1))
     log.info("samples written to %s", out.path)
     close_logging()
