@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -94,3 +96,12 @@ class EDMChurn:
         if self.generator is None:
             return torch.randn_like(x)
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+
+_CHURN_ARGS = frozenset(inspect.signature(EDMChurn.__init__).parameters) - {"self", "denoiser"}
+
+
+def churn_args(scope: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`EDMChurn` arguments among a solver constructor's ``locals()``, so that
+    solvers whose (reference) signatures add their own parameters pass them on by keyword."""
+    return {name: value for name, value in scope.items() if name in _CHURN_ARGS}

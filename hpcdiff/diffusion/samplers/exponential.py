@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
-from hpcdiff.diffusion.samplers._churn import DiffusionFn, EDMChurn, TimeFn
+from hpcdiff.diffusion.samplers._churn import DiffusionFn, EDMChurn, TimeFn, churn_args
 from hpcdiff.diffusion.samplers._semilinear import SemiLinear, linear_split_options
 from hpcdiff.diffusion.samplers.base import NoiseFn, Solver, per_sample
 
@@ -141,19 +141,7 @@ class EDMStochasticExponentialEulerSolver(EDMChurn, Solver):
     ) -> None:
         if not 0 <= renoise <= 1:
             raise ValueError(f"renoise must be in [0, 1], got {renoise}")
-        super().__init__(
-            denoiser,
-            S_churn=S_churn,
-            S_min=S_min,
-            S_max=S_max,
-            S_noise=S_noise,
-            num_steps=num_steps,
-            sigma_fn=sigma_fn,
-            sigma_inv_fn=sigma_inv_fn,
-            diffusion_fn=diffusion_fn,
-            generator=generator,
-            noise_fn=noise_fn,
-        )
+        super().__init__(denoiser, **churn_args(locals()))
         self.split = SemiLinear(bias_fn, bias_int_fn, slope_fn)
         self.alpha_fn = alpha_fn
         self.renoise = renoise
