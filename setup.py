@@ -2,6 +2,8 @@
 
 PyTorch is a requirement but is deliberately left unpinned here: clusters install the CUDA
 build of their site first; `make test` installs the pinned CPU wheel from requirements/.
+DeepSpeed is built from source and imports torch while building: install torch first, then
+`pip install --no-build-isolation hpcdiff` (docs/install.md).
 """
 
 from setuptools import find_packages, setup
@@ -14,17 +16,20 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["hpcdiff", "hpcdiff.*"]),
-    install_requires=["torch>=2.4", "tensordict>=0.8", "numpy>=1.24", "PyYAML>=6", "tqdm>=4.60"],
+    # A bare install runs every command (docs/install.md): the NetCDF stack, DeepSpeed, mpi4py
+    # and nvtx are what hpcdiff is for. Extras add PNG plots,
+    # TensorBoard scalars, an MPI library, dev tools.
+    install_requires=["torch>=2.4", "tensordict>=0.8", "numpy>=1.24", "PyYAML>=6", "tqdm>=4.60",
+                      "netCDF4>=1.6", "cftime>=1.6", "dask>=2024.1", "psutil>=5.9",
+                      "global-land-mask>=1.0", "deepspeed>=0.15", "mpi4py>=3.1",
+                      "nvtx>=0.2.10"],
     extras_require={
-        "data": ["netCDF4>=1.6", "cftime>=1.6", "dask>=2024.1", "xarray>=2024.1",
-                 "global-land-mask>=1.0", "psutil>=5.9"],
-        "distributed": ["deepspeed>=0.15", "mpi4py>=3.1"],
-        "profiling": ["nvtx>=0.2.10"],
         "plots": ["matplotlib>=3.7"],
-        "dev": ["pytest>=8", "ruff>=0.6"],
-        "all": ["netCDF4>=1.6", "cftime>=1.6", "dask>=2024.1", "xarray>=2024.1",
-                "global-land-mask>=1.0", "psutil>=5.9", "deepspeed>=0.15", "mpi4py>=3.1",
-                "nvtx>=0.2.10", "matplotlib>=3.7", "safetensors>=0.4"],
+        "tensorboard": ["tensorboard>=2.14"],
+        "mpi": ["mpich>=4.1"],
+        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6"],
+        "all": ["matplotlib>=3.7", "tensorboard>=2.14", "mpich>=4.1", "pytest>=8",
+                "ruff>=0.6", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["hpcdiff=hpcdiff.cli:main"]},
 )

@@ -10,10 +10,14 @@ The exit codes of every subcommand (documented in ``docs/cli.md``):
 * ``EXIT_USAGE`` (2): bad usage or invalid input, reported before any work: unknown option,
   :class:`~hpcdiff.config.ConfigError` (config key, type or combination),
   :class:`~hpcdiff.data.errors.DataError` (input files), a missing path or checkpoint,
-  ``CheckpointError`` (a checkpoint this run cannot use);
+  ``CheckpointError`` (a checkpoint this run cannot use), a package the command needs that is
+  not installed (one line naming the extra to install);
 * ``EXIT_IO`` (4): a checkpoint could not be written (disk full, permission denied): its
   temporary files were removed, the previous checkpoint is intact; the traceback is in the
   rank's log file, the console gets one line.
+
+``hpcdiff --help`` and every subcommand's ``--help`` work whatever is installed: a command
+module that cannot be imported is listed with what to install instead.
 """
 
 from __future__ import annotations
@@ -23,26 +27,27 @@ import importlib
 import logging
 import os
 import sys
+from typing import Any
 
 import hpcdiff
-from hpcdiff.config import ConfigError
+from hpcdiff.extras import install_hint
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_IO = 4
 
-# Modules offering subcommands; each is imported only when the parser is built.
-_COMMAND_MODULES = (
-    "hpcdiff.train.cli",
-    "hpcdiff.generate.cli",
-    "hpcdiff.evaluate.cli",
-    "hpcdiff.train.checkpoint_cli",
-    "hpcdiff.train.profile_cli",
-    "hpcdiff.data.cli",
-    "hpcdiff.models.cli",
-    "hpcdiff.config.cli",
-)
+# Modules offering subcommands (and the command each adds); imported when the parser is built.
+_COMMAND_MODULES = {
+    "hpcdiff.train.cli": "train",
+    "hpcdiff.generate.cli": "sample",
+    "hpcdiff.evaluate.cli": "evaluate",
+    "hpcdiff.train.checkpoint_cli": "checkpoint",
+    "hpcdiff.train.profile_cli": "profile",
+    "hpcdiff.data.cli": "data",
+    "hpcdiff.models.cli": "models",
+    "hpcdiff.config.cli": "config",
+}
 
 EPILOG = """examples:
   hpcdiff data synth --out data/quickstart --shape 128 128 --times 48 --files 2
@@ -69,15 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hpcdiff {hpcdiff.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    for name, command in _COMMAND_MODULES.items():
         try:
-            module = importlib.import_module(name)
+            importlib.import_module(name).register(sub)
         except ModuleNotFoundError as err:
             if err.name and name.startswith(err.name):  # component not in this build
                 continue
-            raise
-        module.register(sub)
+            if not err.name or err.name.split(".")[0] == "hpcdiff":
+                raise
+            _register_unavailable(sub, command, install_hint(err.name))
     return parser
+
+
+def _register_unavailable(sub: Any, command: str, hint: str) -> None:
+    """``command`` whose module needs a package that is not installed: listed, its help and
+    any call say what to install (a call exits 2)."""
+
+    # Drop what ``register`` added before it failed (argparse has no public removal).
+    sub._name_parser_map.pop(command, None)
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest != command]
+
+    def explain(args: argparse.Namespace) -> int:
+        print(f"hpcdiff {command}: error: unavailable, needs {hint}", file=sys.stderr)
+        return EXIT_USAGE
+
+    p = sub.add_parser(command, help=f"(unavailable: needs {hint})",
+                       description=f"Unavailable: needs {hint}")  # fmt: skip
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=explain, overrides=[])
 
 
 def parse_args(
@@ -104,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args) or EXIT_OK)
+    except ModuleNotFoundError as err:  # a package the command needs: say what to install
+        if not err.name or err.name.split(".")[0] == "hpcdiff":
+            raise
+        print(f"hpcdiff {args.command}: error: {_missing(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as err:
         code = _exit_code(err)
         if code is None:
@@ -120,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_code(err: Exception) -> int | None:
     """The documented exit code of an expected error, None for anything else."""
+    from hpcdiff.config import ConfigError
     from hpcdiff.data.errors import DataError
 
     if isinstance(err, (ConfigError, DataError)):
@@ -131,6 +161,14 @@ def _exit_code(err: Exception) -> int | None:
         if isinstance(err, checkpoint.CheckpointWriteError):
             return EXIT_IO
     return None
+
+
+def _missing(err: ModuleNotFoundError) -> str:
+    from hpcdiff.extras import MissingDependency
+
+    if isinstance(err, MissingDependency):
+        return str(err)
+    return f"needs {install_hint(err.name or '')}"
 
 
 if __name__ == "__main__":

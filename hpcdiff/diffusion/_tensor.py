@@ -1,10 +1,11 @@
-"""Tiny shape helpers shared by the diffusion math modules."""
+"""The one per-sample broadcast helper of the diffusion math modules."""
 
 from __future__ import annotations
 
 import torch
 
 
-def bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """View a per-sample tensor ``t`` (B,) as (B, 1, ..., 1) so it broadcasts against ``x``."""
-    return t.reshape(-1, *([1] * (x.ndim - 1)))
+def per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """View times (B,) as (B, 1, ..., 1) against ``x``; contiguous so compiled denoisers see
+    one stride layout whatever view of the time grid the caller passes."""
+    return t.contiguous().reshape(-1, *([1] * (x.ndim - 1)))

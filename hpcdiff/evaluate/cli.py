@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from hpcdiff.cli import EXIT_OK, EXIT_USAGE
+from hpcdiff.extras import require
 
 EXAMPLES = """examples:
   # the run's newest samples file -> runs/quickstart/eval/{metrics.json,*.png}
@@ -38,6 +39,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.patch_shape is None and (args.overlap_pix or args.boundary_pix):
         print("hpcdiff evaluate: --overlap-pix/--boundary-pix need --patch-shape", file=sys.stderr)
         return EXIT_USAGE
+    if not args.no_plots:
+        require("matplotlib", "the PNG plots (leave them out with --no-plots)")
     grid = None
     if args.patch_shape is not None:
         grid = PatchGrid(tuple(args.patch_shape), args.overlap_pix, args.boundary_pix)

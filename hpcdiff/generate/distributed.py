@@ -5,8 +5,9 @@ The global state x_t (B, C, H, W) lives as tiles, one per rank of a domain group
 (:class:`~hpcdiff.distributed.domain.DomainMesh`); the denoiser's x0 prediction (or guided
 score) is that of :mod:`hpcdiff.generate.tiled`, and the solver update is pointwise, so
 deterministic solvers give the single-process result for any rank count. Initial noise and
-the noise of stochastic solvers come from :func:`~hpcdiff.distributed.domain.block_noise`,
-keyed by (seed, draw, block position), never by rank.
+the noise of stochastic solvers (their ``noise_fn``) come from
+:func:`~hpcdiff.distributed.domain.block_noise`, keyed by (seed, draw, block position), never
+by rank; the adaptive solver's ``norm_fn`` measures the whole sample.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from tensordict import TensorDict
 from hpcdiff import nvtx
 from hpcdiff.data.tiles import Tile
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionPredictor
-from hpcdiff.diffusion.samplers import SOLVERS, AdaptiveSolver, sample
-from hpcdiff.diffusion.samplers._churn import EDMChurn
+from hpcdiff.diffusion.samplers import SOLVERS, make_solver, sample
 from hpcdiff.distributed.domain import (
     DomainDecomposedNoiseScheduler,
     DomainMesh,
     block_noise,
     sum_in_group,
 )
+from hpcdiff.extras import available, install_hint
 from hpcdiff.generate.tiled import (
     TiledMultiDiffusionDPSScorePredictor,
     TiledMultiDiffusionPredictor,
@@ -45,52 +46,35 @@ Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
 
-class _BlockNoise:
-    """Mixin for the EDM stochastic solvers: every noise draw (``EDMChurn._randn``: churn,
-    exponential noise) is :func:`block_noise` on the tile, keyed by (seed, draw number,
-    block), not by rank."""
+class BlockNoise:
+    """``noise_fn`` of the stochastic solvers in tiled sampling: draw ``k`` (1, 2, ...) of a
+    run is :func:`block_noise` of this rank's tile with ``stream=k``, keyed by (seed, draw,
+    block), not by rank, so every tiling draws the same global noise."""
 
-    _noise_seeds: Sequence[int]
-    _noise_tile: Tile
-    _draws: int = 0
+    def __init__(self, seeds: Sequence[int], tile: Tile) -> None:
+        self.seeds, self.tile, self.draws = list(seeds), tile, 0
 
-    def _randn(self, x: Tensor) -> Tensor:
-        self._draws += 1
-        C, tile = x.shape[1], self._noise_tile
-        return block_noise(self._noise_seeds, C, tile, dtype=x.dtype, device=x.device,
-                           stream=self._draws)  # fmt: skip
+    def __call__(self, x: Tensor) -> Tensor:
+        self.draws += 1
+        C = x.shape[1]
+        return block_noise(
+            self.seeds, C, self.tile, dtype=x.dtype, device=x.device, stream=self.draws
+        )
 
 
-class _GroupNorm:
-    """Mixin for the adaptive solver: its error norm over the whole sample (the sum of squares
-    and the count of every tile of the domain group), so that every rank accepts, rejects
-    and sizes the same steps and calls the tiled denoiser the same number of times."""
+class GroupNorm:
+    """``norm_fn`` of the adaptive solver in tiled sampling: the error norm over the whole
+    sample (sum of squares and count of every tile of the domain group), so that every rank
+    accepts, rejects and sizes the same steps and calls the tiled denoiser as often."""
 
-    _mesh: DomainMesh
+    def __init__(self, mesh: DomainMesh) -> None:
+        self.mesh = mesh
 
-    def _norm(self, y: Tensor) -> float:
+    def __call__(self, y: Tensor) -> float:
         sums = y.detach().double().square().flatten(1).sum(1)
         counts = torch.full_like(sums, y[0].numel())
-        total = sum_in_group(torch.stack([sums, counts], dim=1), self._mesh)
+        total = sum_in_group(torch.stack([sums, counts], dim=1), self.mesh)
         return float((total[:, 0] / total[:, 1]).sqrt().max())
-
-
-def _make_solver(name: str, denoiser: Any, scheduler: Any, options: dict[str, Any] | None,
-                 seeds: Sequence[int], mesh: DomainMesh) -> Any:  # fmt: skip
-    """Solver ``name`` as :func:`sample` builds it; stochastic ones draw block noise, the
-    adaptive one measures its error on the whole sample."""
-    cls = SOLVERS[name]
-    defaults = getattr(cls, "scheduler_defaults", None)
-    options = {**(defaults(scheduler) if defaults else {}), **(options or {})}
-    if issubclass(cls, AdaptiveSolver) and mesh.domain_size > 1:
-        solver = type(f"Tiled{cls.__name__}", (_GroupNorm, cls), {})(denoiser, **options)
-        solver._mesh = mesh
-        return solver
-    if not issubclass(cls, EDMChurn):
-        return cls(denoiser, **options)
-    solver = type(f"Tiled{cls.__name__}", (_BlockNoise, cls), {})(denoiser, **options)
-    solver._noise_seeds, solver._noise_tile = list(seeds), mesh.tile
-    return solver
 
 
 class _StepRanges:
@@ -153,9 +137,12 @@ def sample_tiled(
         scheduler = scheduler.inner_scheduler
     tiles = DomainDecomposedNoiseScheduler(scheduler, mesh, seeds)
     denoiser, model = _denoiser(predictor, mesh, scheduler)
-    stepper = _StepRanges(
-        _make_solver(solver, denoiser, scheduler, solver_options, seeds, mesh), on_step
+    norm_fn = GroupNorm(mesh) if mesh.domain_size > 1 else None
+    noise_fn = BlockNoise(seeds, mesh.tile)
+    solver_ = make_solver(
+        solver, denoiser, scheduler, solver_options, noise_fn=noise_fn, norm_fn=norm_fn
     )
+    stepper = _StepRanges(solver_, on_step)
     device = next(model.parameters()).device
     tN = tiles.timesteps(num_steps, device=device)[0].expand(len(seeds))
     xN = tiles.init_latents((channels, *mesh.shape), tN)
@@ -250,7 +237,10 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     result = {"netcdf": str(out.path), "times": times, "ensemble": s.ensemble,
               "domain_grid": list(mesh.grid), "world": mesh.world}  # fmt: skip
     if ctx.env.rank == 0:
-        result["plots"] = [str(p) for p in plot_file(out.path, out_dir, variables)]
+        if available("matplotlib"):
+            result["plots"] = [str(p) for p in plot_file(out.path, out_dir, variables)]
+        else:  # the samples file is the product; the PNGs are quick-looks
+            log.warning("no quick-look PNGs: they need %s", install_hint("matplotlib"))
         (out_dir / "summary.json").write_text(json.dumps(result, indent=1))
     log.info("samples written to %s", out.path)
     close_logging()

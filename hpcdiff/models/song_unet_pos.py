@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 from hpcdiff.models.song_unet import SongUNet
+
+_SONG_UNET_ARGS = frozenset(inspect.signature(SongUNet.__init__).parameters) - {"self"}
 
 GRID_TYPES = ("sinusoidal", "sinusoidal_octave", "learnable", "linear", "test")
 
@@ -117,32 +120,8 @@ class SongUNetPosEmbd(SongUNet):
         profile_mode: bool = False,
         amp_mode: bool = False,
     ) -> None:
-        super().__init__(
-            img_resolution,
-            in_channels,
-            out_channels,
-            label_dim,
-            augment_dim,
-            model_channels,
-            channel_mult,
-            channel_mult_emb,
-            num_blocks,
-            attn_resolutions,
-            dropout,
-            label_dropout,
-            embedding_type,
-            channel_mult_noise,
-            encoder_type,
-            decoder_type,
-            resample_filter,
-            checkpoint_level,
-            additive_pos_embed,
-            bottleneck_attention,
-            use_apex_gn,
-            act,
-            profile_mode,
-            amp_mode,
-        )
+        # Every SongUNet argument by keyword (the defaults above are this class's own).
+        super().__init__(**{k: v for k, v in locals().items() if k in _SONG_UNET_ARGS})
         self.gridtype, self.N_grid_channels = gridtype, N_grid_channels
         if gridtype == "sinusoidal" and N_grid_channels:
             warnings.warn(

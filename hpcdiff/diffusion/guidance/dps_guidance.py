@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from hpcdiff.diffusion._tensor import bcast
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.base import Predictor
 from hpcdiff.diffusion.utils.utils import _as_broadcastable
 
@@ -130,7 +130,7 @@ class _GaussianLikelihoodGuidance(DPSGuidance):
         """Guidance strength rho(t) in ``x``'s dtype, broadcast against ``loss`` (B, *obs)."""
         std_y = self.std_y.to(dtype=x.dtype, device=x.device)
         gamma = self.gamma.to(dtype=x.dtype, device=x.device)
-        t_bc = bcast(t, loss)  # (B, 1, ..., 1)
+        t_bc = per_sample(t, loss)  # (B, 1, ..., 1)
         sigma, alpha = self.sigma_fn(t_bc), self.alpha_fn(t_bc)
         return 1.0 / (2.0 * (std_y**2 + gamma * sigma**2 / alpha**2))
 

@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from hpcdiff.diffusion._tensor import bcast
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.base import Predictor
 from hpcdiff.diffusion.guidance.dps_guidance import (
     _GaussianLikelihoodGuidance,
@@ -149,7 +149,7 @@ class _PatchLocalLikelihood(_GaussianLikelihoodGuidance):
         """rho(t) = 1 / (2 (std_y^2 + gamma sigma(t)^2 / alpha(t)^2)) on the chunk's rows."""
         variance = _rows(self.std_y, rows, x) ** 2
         if self.sigma_fn is not None:
-            t_bc = bcast(t, loss)  # (K, 1, 1, 1)
+            t_bc = per_sample(t, loss)  # (K, 1, 1, 1)
             sigma = self.sigma_fn(t_bc)
             alpha = self.alpha_fn(t_bc) if self.alpha_fn is not None else torch.ones_like(sigma)
             variance = variance + _rows(self.gamma, rows, x) * sigma**2 / alpha**2

@@ -11,11 +11,11 @@ rhs is f + 2k (v - f): the ODE rhs is v itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
-from hpcdiff.diffusion._tensor import bcast
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.base import Denoiser, Predictor
 from hpcdiff.diffusion.noise_schedulers._families import UnitSignalMixin
 
@@ -80,17 +80,17 @@ def _unit_signal(s, predictor: Predictor, kind: PredictionKind, k: float) -> Den
 
     def from_x0(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x0 = predictor(x, t)
-        t_bc = bcast(t, x)  # (B, 1, ..., 1)
+        t_bc = per_sample(t, x)  # (B, 1, ..., 1)
         return (-2 * k * s.sigma_dot(t_bc) / s.sigma(t_bc)) * (x0 - x)
 
     def from_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         score = predictor(x, t)
-        t_bc = bcast(t, x)
+        t_bc = per_sample(t, x)
         return (-2 * k * s.sigma_dot(t_bc) * s.sigma(t_bc)) * score
 
     def from_epsilon(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = predictor(x, t)
-        return (2 * k * s.sigma_dot(bcast(t, x))) * eps
+        return (2 * k * s.sigma_dot(per_sample(t, x))) * eps
 
     def from_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return 2 * k * predictor(x, t)
@@ -109,7 +109,7 @@ def _general(s, predictor: Predictor, kind: PredictionKind, k: float) -> Denoise
     """
 
     def coefficients(x: torch.Tensor, t: torch.Tensor):
-        t_bc = bcast(t, x)  # (B, 1, ..., 1)
+        t_bc = per_sample(t, x)  # (B, 1, ..., 1)
         sigma, alpha = s.sigma(t_bc), s.alpha(t_bc)
         f_coef = s.alpha_dot(t_bc) / alpha
         g_sq = 2 * s.sigma_dot(t_bc) * sigma - 2 * f_coef * sigma**2
@@ -132,7 +132,7 @@ def _general(s, predictor: Predictor, kind: PredictionKind, k: float) -> Denoise
 
     def from_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = predictor(x, t)
-        t_bc = bcast(t, x)
+        t_bc = per_sample(t, x)
         f_coef = s.alpha_dot(t_bc) / s.alpha(t_bc)
         return torch.addcmul(2 * k * v, (1 - 2 * k) * f_coef, x)
 
@@ -142,7 +142,22 @@ def _general(s, predictor: Predictor, kind: PredictionKind, k: float) -> Denoise
     return funcs.get(kind, from_velocity)
 
 
-def linear_parts(s, prediction_type: str) -> tuple[TimeFn, TimeFn, TimeFn]:
+class LinearSplit(NamedTuple):
+    """``(bias_fn, bias_int_fn, slope_fn)`` = (a, A with A' = a, b) of F = a x + b N.
+
+    Unpacks into the three functions; called, it is ``a(t)``, the single ``linear_fn`` of the
+    reference's earlier development form (a solver given it still gets A and b from it).
+    """
+
+    bias_fn: TimeFn
+    bias_int_fn: TimeFn
+    slope_fn: TimeFn
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return self.bias_fn(t)
+
+
+def linear_parts(s, prediction_type: str) -> LinearSplit:
     """``(a, A, b)`` of the ODE rhs F = a x + b N for an N = ``prediction_type`` estimate."""
 
     def eps_bias(t: torch.Tensor) -> torch.Tensor:
@@ -177,4 +192,4 @@ def linear_parts(s, prediction_type: str) -> tuple[TimeFn, TimeFn, TimeFn]:
             "prediction_type must be 'x0', 'score', 'epsilon' or 'velocity', "
             f"got {prediction_type!r}."
         )
-    return parts[prediction_type]
+    return LinearSplit(*parts[prediction_type])

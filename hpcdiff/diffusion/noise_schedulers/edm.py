@@ -15,30 +15,11 @@ from hpcdiff.diffusion.noise_schedulers._families import (
 from hpcdiff.diffusion.noise_schedulers.linear_gaussian import LinearGaussianNoiseScheduler
 
 
-class EDMNoiseScheduler(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
-    """EDM noise schedule (Karras et al. 2022, Table 1): sigma(t) = t, alpha(t) = 1.
-
-    Parameters
-    ----------
-    sigma_min, sigma_max : float
-        Noise range spanned by :meth:`timesteps` (0.002, 80).
-    rho : float
-        Step-spacing exponent of eq. 5 (7); larger puts more steps at low noise.
-    sigma_data : float or Tensor
-        Data standard deviation (0.5), a scalar or one value per channel, shape (C,), in
-        which case :meth:`loss_weight` returns (N, C).
-    P_mean, P_std : float
-        ln(sigma) ~ N(P_mean, P_std^2) for training times (-1.2, 1.2).
-
-    >>> import torch
-    >>> from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler
-    >>> scheduler = EDMNoiseScheduler()
-    >>> scheduler.timesteps(4)[[0, 3, 4]]  # sigma_max, sigma_min, 0
-    tensor([8.0000e+01, 2.0000e-03, 0.0000e+00])
-    >>> EDMNoiseScheduler(sigma_data=torch.tensor([0.3, 0.5, 0.7])).loss_weight(
-    ...     torch.ones(4)).shape
-    torch.Size([4, 3])
-    """
+class EDMSchedule(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
+    """The EDM schedule's body (Karras et al. 2022, Table 1): sigma(t) = t, alpha(t) = 1,
+    rho-spaced steps, log-normal training levels, EDM loss weight. Shared by
+    :class:`EDMNoiseScheduler` and the Student-t variant, which are not subclasses of each
+    other (as in the reference package)."""
 
     def __init__(
         self,
@@ -82,3 +63,29 @@ class EDMNoiseScheduler(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2; (N,) or (N, C)."""
         return edm_loss_weight(self.sigma(t), self.sigma_data)
+
+
+class EDMNoiseScheduler(EDMSchedule):
+    """EDM noise schedule (Karras et al. 2022, Table 1): sigma(t) = t, alpha(t) = 1.
+
+    Parameters
+    ----------
+    sigma_min, sigma_max : float
+        Noise range spanned by :meth:`timesteps` (0.002, 80).
+    rho : float
+        Step-spacing exponent of eq. 5 (7); larger puts more steps at low noise.
+    sigma_data : float or Tensor
+        Data standard deviation (0.5), a scalar or one value per channel, shape (C,), in
+        which case :meth:`loss_weight` returns (N, C).
+    P_mean, P_std : float
+        ln(sigma) ~ N(P_mean, P_std^2) for training times (-1.2, 1.2).
+
+    >>> import torch
+    >>> from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler
+    >>> scheduler = EDMNoiseScheduler()
+    >>> scheduler.timesteps(4)[[0, 3, 4]]  # sigma_max, sigma_min, 0
+    tensor([8.0000e+01, 2.0000e-03, 0.0000e+00])
+    >>> EDMNoiseScheduler(sigma_data=torch.tensor([0.3, 0.5, 0.7])).loss_weight(
+    ...     torch.ones(4)).shape
+    torch.Size([4, 3])
+    """

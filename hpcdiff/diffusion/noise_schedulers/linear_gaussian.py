@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 import torch
 
-from hpcdiff.diffusion._tensor import bcast
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.base import Denoiser, Predictor, PredictorType
 from hpcdiff.diffusion.noise_schedulers._denoiser import (
-    TimeFn,
+    LinearSplit,
     build_denoiser,
     linear_parts,
     pick_predictor,
@@ -93,12 +93,12 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
 
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Drift f(x, t) = alpha'(t) / alpha(t) * x of the forward SDE; same shape as ``x``."""
-        t = bcast(t, x)
+        t = per_sample(t, x)
         return (self.alpha_dot(t) / self.alpha(t)) * x
 
     def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Squared diffusion g^2(t) = 2 sigma' sigma - 2 (alpha'/alpha) sigma^2, (B, 1, ..., 1)."""
-        t = bcast(t, x)
+        t = per_sample(t, x)
         sigma = self.sigma(t)
         return 2 * self.sigma_dot(t) * sigma - 2 * (self.alpha_dot(t) / self.alpha(t)) * sigma**2
 
@@ -106,39 +106,39 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
 
     def x0_to_score(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Score of p(x_t) from an x0 estimate: (alpha x0 - x_t) / sigma^2."""
-        t = bcast(t, x0)
+        t = per_sample(t, x0)
         return (self.alpha(t) * x0 - x_t) / self.sigma(t) ** 2
 
     def score_to_x0(self, score: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0 estimate from a score: (x_t + sigma^2 score) / alpha (Tweedie's formula)."""
-        t = bcast(t, score)
+        t = per_sample(t, score)
         return (x_t + self.sigma(t) ** 2 * score) / self.alpha(t)
 
     def epsilon_to_score(self, epsilon: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Score from a noise estimate: -epsilon / sigma."""
-        return -epsilon / self.sigma(bcast(t, epsilon))
+        return -epsilon / self.sigma(per_sample(t, epsilon))
 
     def score_to_epsilon(self, score: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noise estimate from a score: -sigma * score."""
-        return -self.sigma(bcast(t, score)) * score
+        return -self.sigma(per_sample(t, score)) * score
 
     def epsilon_to_x0(
         self, epsilon: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
         """x0 estimate from a noise estimate: (x_t - sigma epsilon) / alpha."""
-        t = bcast(t, epsilon)
+        t = per_sample(t, epsilon)
         return (x_t - self.sigma(t) * epsilon) / self.alpha(t)
 
     def x0_to_epsilon(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noise estimate from an x0 estimate: (x_t - alpha x0) / sigma."""
-        t = bcast(t, x0)
+        t = per_sample(t, x0)
         return (x_t - self.alpha(t) * x0) / self.sigma(t)
 
     # Velocity v = dx_t/dt = alpha' x0 + sigma' eps (flow matching; Lipman et al. 2023).
 
     def x0_to_velocity(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity from an x0 estimate: (sigma'/sigma) x_t + (alpha' - alpha sigma'/sigma) x0."""
-        t = bcast(t, x0)
+        t = per_sample(t, x0)
         rate = self.sigma_dot(t) / self.sigma(t)
         return rate * x_t + (self.alpha_dot(t) - self.alpha(t) * rate) * x0
 
@@ -146,7 +146,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
         """x0 estimate from a velocity: (sigma' x_t - sigma v) / (sigma' alpha - alpha' sigma)."""
-        t = bcast(t, velocity)
+        t = per_sample(t, velocity)
         sigma, sigma_dot = self.sigma(t), self.sigma_dot(t)
         det = sigma_dot * self.alpha(t) - self.alpha_dot(t) * sigma
         return (sigma_dot * x_t - sigma * velocity) / det
@@ -155,7 +155,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         self, epsilon: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
         """Velocity from a noise estimate: (alpha'/alpha) x_t + (sigma' - sigma alpha'/alpha) e."""
-        t = bcast(t, epsilon)
+        t = per_sample(t, epsilon)
         rate = self.alpha_dot(t) / self.alpha(t)
         return rate * x_t + (self.sigma_dot(t) - self.sigma(t) * rate) * epsilon
 
@@ -163,7 +163,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         self, velocity: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> torch.Tensor:
         """Noise from a velocity: (alpha v - alpha' x_t) / (alpha sigma' - alpha' sigma)."""
-        t = bcast(t, velocity)
+        t = per_sample(t, velocity)
         alpha, alpha_dot = self.alpha(t), self.alpha_dot(t)
         det = alpha * self.sigma_dot(t) - alpha_dot * self.sigma(t)
         return (alpha * velocity - alpha_dot * x_t) / det
@@ -184,9 +184,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         """Signal-to-noise ratio alpha(t)^2 / sigma(t)^2 (Kingma et al. 2021), elementwise."""
         return (self.alpha(t) / self.sigma(t)) ** 2
 
-    def get_linear_denoiser(
-        self, prediction_type: PredictorType = "x0"
-    ) -> tuple[TimeFn, TimeFn, TimeFn]:
+    def get_linear_denoiser(self, prediction_type: PredictorType = "x0") -> LinearSplit:
         """Split the probability-flow ODE rhs as F(x, t) = a(t) x + b(t) N(x, t).
 
         N is the ``prediction_type`` estimate; returns ``(bias_fn, bias_int_fn, slope_fn)``
@@ -194,6 +192,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         b = alpha' - alpha sigma'/sigma; epsilon: a = alpha'/alpha, A = log alpha,
         b = sigma' - sigma alpha'/alpha; score: a, A as epsilon, b = -sigma (sigma' - sigma
         alpha'/alpha); velocity: a = A = 0, b = 1. Exponential integrators treat a exactly.
+        The result also acts as ``linear_fn``: called, it is a(t).
         """
         return linear_parts(self, prediction_type)
 
@@ -233,7 +232,7 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
 
     def add_noise(self, x0: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """Forward process x_t = alpha(t) x0 + sigma(t) eps with eps ~ N(0, I); (B, *)."""
-        t = bcast(time, x0)
+        t = per_sample(time, x0)
         eps = torch.randn_like(x0)
         return self.alpha(t) * x0 + self.sigma(t) * eps
 
@@ -251,4 +250,4 @@ class LinearGaussianNoiseScheduler(ABC, NoiseScheduler):
         """
         device = tN.device if device is None else device
         eps = torch.randn(tN.shape[0], *spatial_shape, device=device, dtype=dtype)
-        return self.sigma(bcast(tN, eps)) * eps
+        return self.sigma(per_sample(tN, eps)) * eps

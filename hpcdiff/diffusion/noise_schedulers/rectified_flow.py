@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from hpcdiff.diffusion._tensor import bcast
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.base import Denoiser, Predictor
 from hpcdiff.diffusion.noise_schedulers._denoiser import pick_predictor
 from hpcdiff.diffusion.noise_schedulers.linear_gaussian import LinearGaussianNoiseScheduler
@@ -173,13 +173,13 @@ def _flow_rhs(kind: str, predictor: Predictor) -> Denoiser:
         return predictor
 
     def from_x0(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (x - predictor(x, t)) / bcast(t, x)
+        return (x - predictor(x, t)) / per_sample(t, x)
 
     def from_epsilon(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (predictor(x, t) - x) / (1 - bcast(t, x))
+        return (predictor(x, t) - x) / (1 - per_sample(t, x))
 
     def from_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t_bc = bcast(t, x)
+        t_bc = per_sample(t, x)
         return torch.addcmul(x, t_bc, predictor(x, t)) / (t_bc - 1)
 
     return {"x0": from_x0, "epsilon": from_epsilon, "score": from_score}[kind]

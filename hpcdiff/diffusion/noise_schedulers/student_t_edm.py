@@ -7,18 +7,12 @@ import math
 
 import torch
 
-from hpcdiff.diffusion._tensor import bcast
-from hpcdiff.diffusion.noise_schedulers._families import (
-    SigmaIsTimeMixin,
-    as_sigma_data,
-    check_sigma_range,
-    edm_loss_weight,
-    karras_timesteps,
-)
-from hpcdiff.diffusion.noise_schedulers.linear_gaussian import LinearGaussianNoiseScheduler
+from hpcdiff.diffusion._tensor import per_sample
+from hpcdiff.diffusion.noise_schedulers._families import edm_loss_weight
+from hpcdiff.diffusion.noise_schedulers.edm import EDMSchedule
 
 
-class StudentTEDMNoiseScheduler(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
+class StudentTEDMNoiseScheduler(EDMSchedule):
     """EDM schedule (sigma = t, alpha = 1) whose noise is Student-t with ``nu`` > 2 dof.
 
     Each sample's noise is n = z / sqrt(kappa), z ~ N(0, I) and kappa ~ chi^2_nu / nu shared
@@ -53,36 +47,15 @@ class StudentTEDMNoiseScheduler(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
     ) -> None:
         if nu <= 2:
             raise ValueError(f"nu must be > 2, got {nu}")
-        check_sigma_range(sigma_min, sigma_max)
-        if rho <= 0:
-            raise ValueError(f"rho must be positive, got {rho}")
-        self.sigma_min = sigma_min
-        self.sigma_max = sigma_max
-        self.rho = rho
+        super().__init__(
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            rho=rho,
+            sigma_data=sigma_data,
+            P_mean=P_mean,
+            P_std=P_std,
+        )
         self.nu = nu
-        self.sigma_data = as_sigma_data(sigma_data)
-        self.P_mean = P_mean
-        self.P_std = P_std
-
-    def timesteps(
-        self,
-        num_steps: int,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
-        """Karras et al. 2022 eq. 5 steps sigma_max ... sigma_min, then 0; shape (N + 1,)."""
-        return karras_timesteps(self.sigma_min, self.sigma_max, self.rho, num_steps, device, dtype)
-
-    def sample_time(
-        self,
-        N: int,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
-        """Training noise levels ln(sigma) ~ N(P_mean, P_std^2); (N,)."""
-        return (torch.randn(N, device=device, dtype=dtype) * self.P_std + self.P_mean).exp()
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """EDM weight at the effective level sigma sqrt(nu / (nu - 2)); (N,) or (N, C)."""
@@ -104,7 +77,7 @@ class StudentTEDMNoiseScheduler(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
     def add_noise(self, x0: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """x_t = x0 + sigma(t) n with per-sample Student-t noise n; (B, *)."""
         n = self._student_t(tuple(x0.shape), x0.device, x0.dtype)
-        return x0 + self.sigma(bcast(time, x0)) * n
+        return x0 + self.sigma(per_sample(time, x0)) * n
 
     def init_latents(
         self,
@@ -117,4 +90,4 @@ class StudentTEDMNoiseScheduler(SigmaIsTimeMixin, LinearGaussianNoiseScheduler):
         """x_N = sigma(t_N) n with per-sample Student-t noise n; (B, *spatial_shape)."""
         device = tN.device if device is None else device
         n = self._student_t((tN.shape[0], *spatial_shape), device, dtype)
-        return self.sigma(bcast(tN, n)) * n
+        return self.sigma(per_sample(tN, n)) * n

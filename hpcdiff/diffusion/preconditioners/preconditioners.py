@@ -14,7 +14,7 @@ import torch
 from tensordict import TensorDict
 
 from hpcdiff.core import Module
-from hpcdiff.diffusion._tensor import bcast
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.noise_schedulers.iddpm import iddpm_noise_levels
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -93,7 +93,7 @@ class BaseAffinePreconditioner(Module, ABC):
         """D(x, t) for x (B, *) at diffusion time t (B,); same shape as F's output."""
         if not torch.compiler.is_compiling():
             self._validate(x, t, condition)
-        sigma = bcast(self.sigma(t), x)  # (B, 1, ..., 1)
+        sigma = per_sample(self.sigma(t), x)  # (B, 1, ..., 1)
         c_in, c_noise, c_out, c_skip = self.compute_coefficients(sigma)
         if condition is not None:
             model_kwargs["condition"] = condition

@@ -16,7 +16,7 @@ from hpcdiff.diffusion.samplers.exponential import (
     ExponentialEulerSolver,
 )
 from hpcdiff.diffusion.samplers.heun import HeunSolver
-from hpcdiff.diffusion.samplers.samplers import SOLVERS, sample
+from hpcdiff.diffusion.samplers.samplers import SOLVERS, make_solver, sample
 from hpcdiff.diffusion.samplers.schedule_opt import optimize_schedule
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "ExponentialEulerSolver",
     "HeunSolver",
     "Solver",
+    "make_solver",
     "optimize_schedule",
     "sample",
 ]

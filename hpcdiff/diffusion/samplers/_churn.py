@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from hpcdiff.diffusion._tensor import per_sample
 from hpcdiff.diffusion.base import Denoiser
+from hpcdiff.diffusion.samplers.base import NoiseFn
 
 TimeFn = Callable[[torch.Tensor], torch.Tensor]
 DiffusionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -19,28 +23,34 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 
 def _edm_g_sq(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """EDM's squared diffusion ``g^2(t) = 2 t`` as (B, 1, ..., 1)."""
-    return 2 * t.reshape(-1, *([1] * (x.ndim - 1)))
+    return 2 * per_sample(t, x)
 
 
 class EDMChurn:
     """Churn of Algorithm 2 in Karras et al. 2022: ``sigma_hat = (1 + gamma) sigma(t)`` with
     ``gamma = min(S_churn / N, sqrt(2) - 1)`` where ``S_min <= sigma(t) <= S_max`` (else 0),
     ``t_hat = sigma^-1(sigma_hat)``, ``x_hat = x + S_noise sqrt(v) sqrt(g^2(x, t) / 2t) eps``
-    with ``v`` the variance increment chosen by the solver."""
+    with ``v`` the variance increment chosen by the solver. Every ``eps`` comes from
+    ``noise_fn(x)`` when given (e.g. noise keyed by global position in tiled sampling), else
+    from ``generator`` (default: the global generator)."""
 
     def __init__(
         self,
         denoiser: Denoiser,
-        S_churn: float,
-        S_min: float,
-        S_max: float,
-        S_noise: float,
-        num_steps: int,
-        sigma_fn: TimeFn | None,
-        sigma_inv_fn: TimeFn | None,
-        diffusion_fn: DiffusionFn | None,
-        generator: torch.Generator | None,
+        S_churn: float = 0,
+        S_min: float = 0,
+        S_max: float = float("inf"),
+        S_noise: float = 1,
+        num_steps: int = 18,
+        sigma_fn: TimeFn | None = None,
+        sigma_inv_fn: TimeFn | None = None,
+        diffusion_fn: DiffusionFn | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        noise_fn: NoiseFn | None = None,
     ) -> None:
+        if generator is not None and noise_fn is not None:
+            raise ValueError("give generator or noise_fn, not both: noise_fn draws all noise")
         if (sigma_fn is None) != (sigma_inv_fn is None):
             raise ValueError(
                 "sigma_fn and sigma_inv_fn must be given together or both be None, got "
@@ -55,6 +65,7 @@ class EDMChurn:
         self.sigma_inv_fn = sigma_inv_fn if sigma_inv_fn is not None else _identity
         self.diffusion_fn = diffusion_fn if diffusion_fn is not None else _edm_g_sq
         self.generator = generator
+        self.noise_fn = noise_fn
 
     def raise_noise_level(
         self, t_cur_bc: torch.Tensor
@@ -79,8 +90,18 @@ class EDMChurn:
         return self._randn(x).mul_(scale).add_(x)
 
     def _randn(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like ``x``: the one seam every injected draw goes
-        through (tiled sampling overrides it with noise keyed by global position)."""
+        """Standard normal noise shaped like ``x``: every injected draw goes through here."""
+        if self.noise_fn is not None:
+            return self.noise_fn(x)
         if self.generator is None:
             return torch.randn_like(x)
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+
+_CHURN_ARGS = frozenset(inspect.signature(EDMChurn.__init__).parameters) - {"self", "denoiser"}
+
+
+def churn_args(scope: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`EDMChurn` arguments among a solver constructor's ``locals()``, so that
+    solvers whose (reference) signatures add their own parameters pass them on by keyword."""
+    return {name: value for name, value in scope.items() if name in _CHURN_ARGS}

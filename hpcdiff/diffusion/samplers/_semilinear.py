@@ -94,6 +94,41 @@ class SemiLinear:
         return self.propagator(t_cur, t_next) - p * a, p
 
 
+class FrozenLinear:
+    """The split F = a x + N with only a(t) known (``linear_fn``): a frozen at t_cur over a
+    step, so E = exp(h a) and J = (exp(h a) - 1) / a (J = h where a = 0), h = t_next - t_cur;
+    first order in the variation of a. A :class:`SemiLinear` is exact where A is known."""
+
+    def __init__(self, linear_fn: TimeFn) -> None:
+        self.bias_fn, self.slope_fn = linear_fn, _ones
+
+    def propagator(self, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        return torch.exp((t_next - t_cur) * self.bias_fn(t_cur))
+
+    def weight(self, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        a, h = self.bias_fn(t_cur), t_next - t_cur
+        zero = a == 0
+        return torch.where(zero, h, torch.expm1(h * a) / torch.where(zero, 1, a))
+
+
+def split_of(
+    linear_fn: TimeFn | None,
+    bias_fn: TimeFn | None,
+    bias_int_fn: TimeFn | None,
+    slope_fn: TimeFn | None,
+) -> SemiLinear | FrozenLinear:
+    """The split a solver was given: ``linear_fn`` (a scheduler's ``get_linear_denoiser``
+    result, used exactly, or any a(t), frozen per step) or ``bias_fn``, ``bias_int_fn``,
+    ``slope_fn``; nothing is a = 0, b = 1."""
+    if linear_fn is None:
+        return SemiLinear(bias_fn, bias_int_fn, slope_fn)
+    if (bias_fn, bias_int_fn, slope_fn) != (None, None, None):
+        raise ValueError("give linear_fn or bias_fn / bias_int_fn / slope_fn, not both")
+    if isinstance(linear_fn, tuple) and len(linear_fn) == 3:  # a LinearSplit
+        return SemiLinear(*linear_fn)
+    return FrozenLinear(linear_fn)
+
+
 # sum_{k=1}^{10} c_k h^k with c_k = (-1)^(k+1) / (k + 1)! (m1) and 2 (-1)^(k+1) / (k + 2)! (m2).
 _M1_SERIES = tuple((-1) ** (k + 1) / math.factorial(k + 1) for k in range(1, 11))
 _M2_SERIES = tuple(2 * (-1) ** (k + 1) / math.factorial(k + 2) for k in range(1, 11))

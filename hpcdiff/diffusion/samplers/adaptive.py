@@ -3,15 +3,24 @@ Wanner, Solving ODEs I, sec. II.4; Bogacki & Shampine 1989)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
-from hpcdiff.diffusion.samplers.base import Solver
+from hpcdiff.diffusion.samplers.base import NoiseFn, Solver
+
+NormFn = Callable[[torch.Tensor], float]
+"""``y (B, *) -> float``: the error norm, max over samples of the RMS of each sample."""
 
 Method = Literal["heun_euler", "bosh3"]
 _ORDER = {"heun_euler": 1, "bosh3": 2}  # order q of the embedded (error-estimating) solution
+
+
+def rms_norm(y: torch.Tensor) -> float:
+    """max over samples of the RMS over each sample's elements of ``y`` (B, *)."""
+    return y.square().flatten(1).mean(1).sqrt().max().item()
 
 
 class AdaptiveSolver(Solver):
@@ -49,6 +58,12 @@ class AdaptiveSolver(Solver):
         Controller safety factor and step-ratio bounds (0.8, 0.2, 5).
     max_steps : int
         Attempted steps per interval before RuntimeError (1000).
+    norm_fn : callable, optional
+        ``y -> max_b RMS(y_b)`` as a float, for the step-size decisions; default over the
+        elements of ``y``. Tiled sampling passes one over the whole domain, so that every
+        rank takes the same steps.
+    noise_fn : callable, optional
+        Accepted for the common solver signature; this solver draws no noise.
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import AdaptiveSolver
@@ -69,6 +84,9 @@ class AdaptiveSolver(Solver):
         factor_min: float = 0.2,
         factor_max: float = 5.0,
         max_steps: int = 1000,
+        *,
+        norm_fn: NormFn | None = None,
+        noise_fn: NoiseFn | None = None,
     ) -> None:
         if method not in _ORDER:
             raise ValueError(f"method must be 'heun_euler' or 'bosh3', got {method!r}")
@@ -87,6 +105,8 @@ class AdaptiveSolver(Solver):
         self.h_init = h_init
         self.safety, self.factor_min, self.factor_max = safety, factor_min, factor_max
         self.max_steps = max_steps
+        self.norm_fn = norm_fn if norm_fn is not None else rms_norm
+        self.noise_fn = noise_fn
         self.reset()
 
     def reset(self) -> None:
@@ -104,10 +124,6 @@ class AdaptiveSolver(Solver):
 
     def _scale(self, x: torch.Tensor, x_new: torch.Tensor) -> torch.Tensor:
         return self.atol + self.rtol * torch.maximum(x.abs(), x_new.abs())
-
-    def _norm(self, y: torch.Tensor) -> float:
-        """max over samples of the RMS over each sample's elements."""
-        return y.square().flatten(1).mean(1).sqrt().max().item()
 
     def _pair(
         self, x: torch.Tensor, t: float, h: float, k1: torch.Tensor
@@ -128,7 +144,7 @@ class AdaptiveSolver(Solver):
         if self.h_init is not None:
             return self.h_init
         scale = self._scale(x, x)
-        d0, d1 = self._norm(x / scale), self._norm(k1 / scale)
+        d0, d1 = self.norm_fn(x / scale), self.norm_fn(k1 / scale)
         if d0 < 1e-5 or d1 < 1e-5:
             return 1e-6 * span
         return min(span, 0.01 * d0 / d1)
@@ -159,7 +175,7 @@ class AdaptiveSolver(Solver):
             last = h >= abs(t1 - t)
             h_step = abs(t1 - t) if last else h
             x_hi, err, k_end = self._pair(x, t, direction * h_step, k1)
-            e = max(self._norm(err / self._scale(x, x_hi)), 1e-10)
+            e = max(self.norm_fn(err / self._scale(x, x_hi)), 1e-10)
             if e <= 1:  # PI control (Gustafsson 1991) of accepted steps
                 factor = self.safety * e ** (-0.7 / q1) * e_prev ** (0.4 / q1)
             else:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from hpcdiff.diffusion._tensor import per_sample
+
+__all__ = ["NoiseFn", "Solver", "check_alpha", "heun_weights", "per_sample"]
+
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]
+"""``x -> eps``: fresh standard normal noise shaped like ``x`` (B, *), like EDM's
+``randn_like``. Every solver takes one as ``noise_fn=``; the stochastic ones draw all their
+noise from it (and scale the returned tensor in place), the deterministic ones draw none."""
 
 
 @runtime_checkable
@@ -35,12 +45,6 @@ def check_alpha(alpha: float) -> float:
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     return alpha
-
-
-def per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """View times (B,) as (B, 1, ..., 1) against ``x``; contiguous so compiled denoisers see
-    one stride layout whatever view of the time grid the caller passes."""
-    return t.contiguous().reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def heun_weights(alpha: float, t_next_bc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

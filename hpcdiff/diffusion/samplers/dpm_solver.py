@@ -8,10 +8,14 @@ from typing import Any, Literal
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
-from hpcdiff.diffusion.samplers._semilinear import unic_moments
-from hpcdiff.diffusion.samplers.base import Solver, per_sample
+from hpcdiff.diffusion.samplers._semilinear import TimeFn, split_of, unic_moments
+from hpcdiff.diffusion.samplers.base import NoiseFn, Solver, per_sample
 
 _NEEDS = {"x0": ("alpha", "sigma"), "ode": ("alpha", "sigma", "alpha_dot", "sigma_dot")}
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 class DPMSolverPlusPlus2M(Solver):
@@ -47,6 +51,16 @@ class DPMSolverPlusPlus2M(Solver):
     step to ``t = 0`` evaluates at ``t_cur`` and discards it, so the call count never depends
     on the grid's values).
 
+    The reference's next release spells it with a semi-linear split instead of a scheduler,
+    ``DPMPlusPlus2M(denoiser, linear_fn=None, lambda_fn=None)`` or with ``bias_fn``,
+    ``bias_int_fn``, ``slope_fn`` for ``F = a x + b N``: then ``x_next = E x + J (N_n + r/2
+    (N_n - N_{n+1}))`` with ``E = exp(A(t_next) - A(t_cur))``, ``J = int exp(A(t_next) - A(s))
+    b(s) ds`` and ``r = (lambda(t_next) - lambda(t_cur)) / (lambda(t_cur) - lambda(t_prev))``;
+    ``lambda_fn`` defaults to ``t`` (nothing given: two-step Adams-Bashforth). With the x0
+    split of ``noise_scheduler.get_linear_denoiser(prediction_type="x0")`` (as ``linear_fn``,
+    or unpacked) and ``lambda = log(alpha / sigma)`` (or log SNR) this is the scheduler form's
+    DPM-Solver++(2M) to rounding. A plain ``linear_fn`` callable is a(t) frozen over a step.
+
     The multistep history lives in the solver; :meth:`reset` clears it (:func:`sample` does so
     before integrating). Without the corrector, reusing an instance is safe without it:
     history is only used where ``t_cur`` equals the previous ``t_next``. With it, consecutive
@@ -63,6 +77,10 @@ class DPMSolverPlusPlus2M(Solver):
         What ``denoiser`` returns. Default ``"ode"``.
     corrector : {None, "unic"}
         Optional UniC-2 corrector. Default None.
+    linear_fn, bias_fn, bias_int_fn, slope_fn, lambda_fn : callable, optional
+        The split form above (keywords; without ``noise_scheduler``).
+    noise_fn : callable, optional
+        Accepted for the common solver signature; this solver draws no noise.
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import DPMSolverPlusPlus2M
@@ -77,10 +95,32 @@ class DPMSolverPlusPlus2M(Solver):
     def __init__(
         self,
         denoiser: Denoiser,
-        noise_scheduler: Any,
+        noise_scheduler: Any = None,
         denoiser_type: Literal["ode", "x0"] = "ode",
         corrector: Literal["unic"] | None = None,
+        *,
+        linear_fn: TimeFn | None = None,
+        bias_fn: TimeFn | None = None,
+        bias_int_fn: TimeFn | None = None,
+        slope_fn: TimeFn | None = None,
+        lambda_fn: TimeFn | None = None,
+        noise_fn: NoiseFn | None = None,
     ) -> None:
+        self.denoiser, self.noise_fn = denoiser, noise_fn
+        split = (linear_fn, bias_fn, bias_int_fn, slope_fn, lambda_fn)
+        if noise_scheduler is None:
+            if denoiser_type != "ode" or corrector is not None:
+                raise ValueError(
+                    "the split form (no noise_scheduler) takes an ODE rhs and no corrector; "
+                    f"got denoiser_type={denoiser_type!r}, corrector={corrector!r}"
+                )
+            self.split = split_of(linear_fn, bias_fn, bias_int_fn, slope_fn)
+            self.lambda_fn = lambda_fn if lambda_fn is not None else _identity
+            self.noise_scheduler, self.denoiser_type, self.corrector = None, "ode", None
+            self.reset()
+            return
+        if split != (None,) * 5:
+            raise ValueError("give noise_scheduler or linear_fn / bias_fn ... / lambda_fn")
         if denoiser_type not in _NEEDS:
             raise ValueError(f"denoiser_type must be 'ode' or 'x0', got {denoiser_type!r}")
         if corrector not in (None, "unic"):
@@ -93,7 +133,6 @@ class DPMSolverPlusPlus2M(Solver):
                 f"DPMSolverPlusPlus2M needs a linear-Gaussian noise_scheduler with methods "
                 f"{', '.join(missing)}; got {type(noise_scheduler).__name__}"
             )
-        self.denoiser = denoiser
         self.noise_scheduler = noise_scheduler
         self.denoiser_type = denoiser_type
         self.corrector = corrector
@@ -110,6 +149,7 @@ class DPMSolverPlusPlus2M(Solver):
         self._h_prev: torch.Tensor | None = None  # (B, 1, ..., 1)
         self._t_end: torch.Tensor | None = None  # t_next of the previous step, (B, 1, ..., 1)
         self._x0_end: torch.Tensor | None = None  # UniC: D at the previous predicted x_next
+        self._lam_prev: torch.Tensor | None = None  # split form: lambda(t_cur) of that step
 
     def _predict_x0(self, x: torch.Tensor, t_cur: torch.Tensor, t_bc: torch.Tensor) -> torch.Tensor:
         """x0 estimate at (x, t_cur): the denoiser's output, or the inverted ODE rhs."""
@@ -135,6 +175,8 @@ class DPMSolverPlusPlus2M(Solver):
         """Advance ``x`` (B, *) from ``t_cur`` (B,) to ``t_next`` (B,)."""
         t_cur = t_cur.contiguous()
         t_cur_bc, t_next_bc = per_sample(t_cur, x), per_sample(t_next, x)  # (B, 1, ..., 1)
+        if self.noise_scheduler is None:
+            return self._split_step(x, t_cur, t_cur_bc, t_next, t_next_bc)
         sch = self.noise_scheduler
         alpha_cur, sigma_cur = sch.alpha(t_cur_bc), sch.sigma(t_cur_bc)
         alpha_next, sigma_next = sch.alpha(t_next_bc), sch.sigma(t_next_bc)
@@ -160,6 +202,34 @@ class DPMSolverPlusPlus2M(Solver):
         if self.corrector is not None:
             x_next = self._unic(x, x_next, x0, t_cur, t_next, ratio, h, c, sigma_next, second)
         self._x0_prev, self._h_prev, self._t_end = x0, h, t_next_bc
+        return x_next
+
+    def _split_step(
+        self,
+        x: torch.Tensor,
+        t_cur: torch.Tensor,
+        t_cur_bc: torch.Tensor,
+        t_next: torch.Tensor,
+        t_next_bc: torch.Tensor,
+    ) -> torch.Tensor:
+        """The split form: N_n = (F - a x) / b (0 where b = 0), x_next = E x + J (N_n + r/2
+        (N_n - N_{n+1})), first order where r is not finite or the step does not continue."""
+        split = self.split
+        a, b = split.bias_fn(t_cur_bc), split.slope_fn(t_cur_bc)
+        zero = b == 0
+        F = self.denoiser(x, t_cur)
+        n = torch.where(zero, 0, (F - a * x) / torch.where(zero, 1, b))  # N_n, (B, *)
+        J = split.weight(t_cur_bc, t_next_bc)
+        x_next = torch.mul(x, split.propagator(t_cur_bc, t_next_bc)).addcmul_(J, n)
+        lam_cur = per_sample(self.lambda_fn(t_cur), x)
+        if self._history_usable(x):
+            num = per_sample(self.lambda_fn(t_next), x) - lam_cur
+            den = lam_cur - self._lam_prev
+            ok = torch.isfinite(num) & torch.isfinite(den) & (den != 0)
+            ok &= t_cur_bc == self._t_end
+            half_r = torch.where(ok, num, 0) / torch.where(ok, 2 * den, 1)
+            x_next.addcmul_(J * half_r, n - self._x0_prev)
+        self._x0_prev, self._lam_prev, self._t_end = n, lam_cur, t_next_bc
         return x_next
 
     def _unic(
@@ -213,8 +283,10 @@ class DPMPlusPlus2MUniC2(DPMSolverPlusPlus2M):
         denoiser: Denoiser,
         noise_scheduler: Any,
         denoiser_type: Literal["ode", "x0"] = "ode",
+        *,
+        noise_fn: NoiseFn | None = None,
     ) -> None:
-        super().__init__(denoiser, noise_scheduler, denoiser_type, corrector="unic")
+        super().__init__(denoiser, noise_scheduler, denoiser_type, "unic", noise_fn=noise_fn)
 
 
 DPMPlusPlus2M = DPMSolverPlusPlus2M

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hpcdiff.diffusion.base import Denoiser
-from hpcdiff.diffusion.samplers._churn import DiffusionFn, EDMChurn, TimeFn
+from hpcdiff.diffusion.samplers._churn import EDMChurn
 from hpcdiff.diffusion.samplers.base import Solver, per_sample
 from hpcdiff.diffusion.samplers.euler import euler_step
 
@@ -34,6 +33,9 @@ class EDMStochasticEulerSolver(EDMChurn, Solver):
         ``(x, t) -> g^2(x, t)`` scaling the noise; default ``2 t`` (EDM).
     generator : torch.Generator, optional
         Source of the injected noise; default the global generator (``randn_like``).
+    noise_fn : callable, optional
+        ``x -> eps``, fresh standard normal noise like ``x``; replaces ``generator`` (give
+        one or neither), e.g. noise that does not depend on the domain decomposition.
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import EDMStochasticEulerSolver
@@ -41,25 +43,6 @@ class EDMStochasticEulerSolver(EDMChurn, Solver):
     >>> solver.step(torch.ones(1, 3, 8, 8), torch.tensor([1.0]), torch.tensor([0.5])).shape
     torch.Size([1, 3, 8, 8])
     """
-
-    def __init__(
-        self,
-        denoiser: Denoiser,
-        S_churn: float = 0,
-        S_min: float = 0,
-        S_max: float = float("inf"),
-        S_noise: float = 1,
-        num_steps: int = 18,
-        sigma_fn: TimeFn | None = None,
-        sigma_inv_fn: TimeFn | None = None,
-        diffusion_fn: DiffusionFn | None = None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            denoiser, S_churn, S_min, S_max, S_noise, num_steps,
-            sigma_fn, sigma_inv_fn, diffusion_fn, generator,
-        )  # fmt: skip
 
     def step(self, x: torch.Tensor, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         """Churn then Euler: ``x`` (B, *) from ``t_cur`` (B,) to ``t_next`` (B,)."""

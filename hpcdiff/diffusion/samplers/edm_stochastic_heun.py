@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
-from hpcdiff.diffusion.samplers._churn import DiffusionFn, EDMChurn, TimeFn
-from hpcdiff.diffusion.samplers.base import Solver, check_alpha, per_sample
+from hpcdiff.diffusion.samplers._churn import DiffusionFn, EDMChurn, TimeFn, churn_args
+from hpcdiff.diffusion.samplers.base import NoiseFn, Solver, check_alpha, per_sample
 from hpcdiff.diffusion.samplers.heun import heun_step
 
 
@@ -24,18 +24,12 @@ class EDMStochasticHeunSolver(EDMChurn, Solver):
         ``F(x, t)``, the probability-flow ODE right-hand side.
     alpha : float
         Heun intermediate-point fraction in (0, 1]. Default 1.
-    S_churn, S_min, S_max, S_noise : float
-        Churn amount, range of ``sigma(t)`` where it applies, and noise scale.
-        Defaults 0, 0, inf, 1.
-    num_steps : int
-        Step count ``N`` in ``gamma = min(S_churn / N, sqrt(2) - 1)``. Default 18.
-    sigma_fn, sigma_inv_fn : callable, optional
-        ``t -> sigma(t)`` and its inverse, to apply churn in noise-level space (both or
-        neither; default identity).
-    diffusion_fn : callable, optional
-        ``(x, t) -> g^2(x, t)`` scaling the noise; default ``2 t`` (EDM).
-    generator : torch.Generator, optional
-        Source of the injected noise; default the global generator (``randn_like``).
+    S_churn, S_min, S_max, S_noise, num_steps, sigma_fn, sigma_inv_fn, diffusion_fn
+        The churn, as in :class:`EDMStochasticEulerSolver` (defaults 0, 0, inf, 1, 18,
+        identity, identity, ``2 t``).
+    generator, noise_fn : optional
+        Source of the injected noise (one or neither), as in
+        :class:`EDMStochasticEulerSolver`; default the global generator.
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import EDMStochasticHeunSolver
@@ -58,12 +52,10 @@ class EDMStochasticHeunSolver(EDMChurn, Solver):
         diffusion_fn: DiffusionFn | None = None,
         *,
         generator: torch.Generator | None = None,
+        noise_fn: NoiseFn | None = None,
     ) -> None:
         self.alpha = check_alpha(alpha)
-        super().__init__(
-            denoiser, S_churn, S_min, S_max, S_noise, num_steps,
-            sigma_fn, sigma_inv_fn, diffusion_fn, generator,
-        )  # fmt: skip
+        super().__init__(denoiser, **churn_args(locals()))
 
     def step(self, x: torch.Tensor, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         """Churn then Heun: ``x`` (B, *) from ``t_cur`` (B,) to ``t_next`` (B,)."""

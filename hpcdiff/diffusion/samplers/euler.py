@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
-from hpcdiff.diffusion.samplers.base import Solver, per_sample
+from hpcdiff.diffusion.samplers.base import NoiseFn, Solver, per_sample
 
 
 def euler_step(
@@ -24,6 +24,8 @@ class EulerSolver(Solver):
     ----------
     denoiser : Denoiser
         ``F(x, t)``, the ODE right-hand side (e.g. from ``NoiseScheduler.get_denoiser``).
+    noise_fn : callable, optional
+        Accepted for the common solver signature; this solver draws no noise.
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import EulerSolver
@@ -32,8 +34,9 @@ class EulerSolver(Solver):
     tensor([[1.5000, 1.5000]])
     """
 
-    def __init__(self, denoiser: Denoiser) -> None:
+    def __init__(self, denoiser: Denoiser, *, noise_fn: NoiseFn | None = None) -> None:
         self.denoiser = denoiser
+        self.noise_fn = noise_fn
 
     def step(self, x: torch.Tensor, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         """Advance ``x`` (B, *) from ``t_cur`` (B,) to ``t_next`` (B,)."""

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
-from hpcdiff.diffusion.samplers._churn import DiffusionFn, EDMChurn, TimeFn
+from hpcdiff.diffusion.samplers._churn import DiffusionFn, EDMChurn, TimeFn, churn_args
 from hpcdiff.diffusion.samplers._semilinear import SemiLinear, linear_split_options
-from hpcdiff.diffusion.samplers.base import Solver, per_sample
+from hpcdiff.diffusion.samplers.base import NoiseFn, Solver, per_sample
 
 
 def _exponential_euler(
@@ -41,6 +41,8 @@ class ExponentialEulerSolver(Solver):
         a(t) and its antiderivative A(t), elementwise in t; both or neither (default a = 0).
     slope_fn : callable, optional
         b(t) (default 1); b = 0 drops the N term.
+    noise_fn : callable, optional
+        Accepted for the common solver signature; this solver draws no noise.
 
     >>> import torch
     >>> from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler
@@ -60,8 +62,11 @@ class ExponentialEulerSolver(Solver):
         bias_fn: TimeFn | None = None,
         bias_int_fn: TimeFn | None = None,
         slope_fn: TimeFn | None = None,
+        *,
+        noise_fn: NoiseFn | None = None,
     ) -> None:
         self.denoiser = denoiser
+        self.noise_fn = noise_fn
         self.split = SemiLinear(bias_fn, bias_int_fn, slope_fn)
 
     @staticmethod
@@ -103,6 +108,9 @@ class EDMStochasticExponentialEulerSolver(EDMChurn, Solver):
         Fraction r in [0, 1] of the arrival noise drawn afresh (default 0).
     generator : torch.Generator, optional
         Source of all injected noise (default: the global generator).
+    noise_fn : callable, optional
+        ``x -> eps``, fresh standard normal noise like ``x`` for every draw (churn and
+        renoise); replaces ``generator`` (give one or neither).
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import EDMStochasticExponentialEulerSolver
@@ -129,13 +137,11 @@ class EDMStochasticExponentialEulerSolver(EDMChurn, Solver):
         renoise: float = 0,
         *,
         generator: torch.Generator | None = None,
+        noise_fn: NoiseFn | None = None,
     ) -> None:
         if not 0 <= renoise <= 1:
             raise ValueError(f"renoise must be in [0, 1], got {renoise}")
-        super().__init__(
-            denoiser, S_churn, S_min, S_max, S_noise, num_steps,
-            sigma_fn, sigma_inv_fn, diffusion_fn, generator,
-        )  # fmt: skip
+        super().__init__(denoiser, **churn_args(locals()))
         self.split = SemiLinear(bias_fn, bias_int_fn, slope_fn)
         self.alpha_fn = alpha_fn
         self.renoise = renoise

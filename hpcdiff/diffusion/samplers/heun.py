@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
-from hpcdiff.diffusion.samplers.base import Solver, check_alpha, heun_weights, per_sample
+from hpcdiff.diffusion.samplers.base import NoiseFn, Solver, check_alpha, heun_weights, per_sample
 
 
 def heun_step(
@@ -39,6 +39,8 @@ class HeunSolver(Solver):
         ``F(x, t)``, the ODE right-hand side (e.g. from ``NoiseScheduler.get_denoiser``).
     alpha : float
         Position of the intermediate evaluation, in (0, 1]. Default 1.
+    noise_fn : callable, optional
+        Accepted for the common solver signature; this solver draws no noise.
 
     >>> import torch
     >>> from hpcdiff.diffusion.samplers import HeunSolver
@@ -47,8 +49,11 @@ class HeunSolver(Solver):
     tensor([[1.6250, 1.6250]])
     """
 
-    def __init__(self, denoiser: Denoiser, alpha: float = 1.0) -> None:
+    def __init__(
+        self, denoiser: Denoiser, alpha: float = 1.0, *, noise_fn: NoiseFn | None = None
+    ) -> None:
         self.denoiser = denoiser
+        self.noise_fn = noise_fn
         self.alpha = check_alpha(alpha)
 
     def step(self, x: torch.Tensor, t_cur: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
 
 from hpcdiff.diffusion.base import Denoiser
 from hpcdiff.diffusion.noise_schedulers.base import NoiseScheduler
-from hpcdiff.diffusion.samplers.adaptive import AdaptiveSolver
-from hpcdiff.diffusion.samplers.base import Solver
+from hpcdiff.diffusion.samplers.adaptive import AdaptiveSolver, NormFn
+from hpcdiff.diffusion.samplers.base import NoiseFn, Solver
 from hpcdiff.diffusion.samplers.dpm_solver import DPMPlusPlus2MUniC2, DPMSolverPlusPlus2M
 from hpcdiff.diffusion.samplers.edm_stochastic_euler import EDMStochasticEulerSolver
 from hpcdiff.diffusion.samplers.edm_stochastic_heun import EDMStochasticHeunSolver
@@ -50,13 +51,30 @@ SolverName = Literal[
 ]
 
 
-def _make_solver(
+def make_solver(
     solver: str | Solver,
     denoiser: Denoiser,
     noise_scheduler: Any,
-    solver_options: dict[str, Any],
+    solver_options: dict[str, Any] | None = None,
+    *,
+    noise_fn: NoiseFn | None = None,
+    norm_fn: NormFn | None = None,
 ) -> Solver:
-    """Build a named solver with its options, or check a ready one (which takes none)."""
+    """The solver :func:`sample` integrates with: ``SOLVERS[solver](denoiser, **options)``,
+    the options being ``cls.scheduler_defaults(noise_scheduler)`` (when the class has it)
+    updated with ``solver_options``; or a ready solver, checked (it takes no options).
+
+    ``noise_fn`` (``x -> eps``) is passed to every named solver (the stochastic ones draw all
+    their noise from it), ``norm_fn`` to those that measure an error norm (the adaptive one);
+    both default to the solvers' own.
+
+    >>> from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler
+    >>> solver = make_solver("edm_stochastic_euler", lambda x, t: -x, EDMNoiseScheduler(),
+    ...                      {"S_churn": 10}, noise_fn=torch.zeros_like)
+    >>> solver.step(torch.ones(1, 2), torch.tensor([1.0]), torch.tensor([0.5]))  # t_hat = 2**0.5
+    tensor([[1.9142, 1.9142]])
+    """
+    solver_options = dict(solver_options or {})
     if isinstance(solver, str):
         if solver not in SOLVERS:
             available = ", ".join(f'"{k}"' for k in SOLVERS)
@@ -65,7 +83,13 @@ def _make_solver(
         defaults = getattr(solver_cls, "scheduler_defaults", None)
         if defaults is not None:
             solver_options = {**defaults(noise_scheduler), **solver_options}
+        if noise_fn is not None:
+            solver_options["noise_fn"] = noise_fn
+        if norm_fn is not None and "norm_fn" in inspect.signature(solver_cls).parameters:
+            solver_options["norm_fn"] = norm_fn
         return solver_cls(denoiser, **solver_options)
+    if noise_fn is not None or norm_fn is not None:
+        raise ValueError("noise_fn and norm_fn build a named solver; give them to a ready one")
     if solver_options:
         raise ValueError(
             "solver_options must be None when solver is a Solver instance, got "
@@ -131,7 +155,7 @@ def sample(
     >>> torch.allclose(x0, torch.full((2, 3), 1.25**4))
     True
     """
-    solver_ = _make_solver(solver, denoiser, noise_scheduler, solver_options or {})
+    solver_ = make_solver(solver, denoiser, noise_scheduler, solver_options)
     reset = getattr(solver_, "reset", None)
     if callable(reset):
         reset()
