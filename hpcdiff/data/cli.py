@@ -18,6 +18,9 @@ examples:
   # a 2048 x 2048 grid over the Alps, 8x coarser condition, 256 x 256 chunks
   hpcdiff data synth --out data/alps --shape 2048 2048 --box 44 48.5 5 11 --chunk 256
 
+  # WRF output (NetCDF3, Times, XLAT/XLONG, staggered U/V) of a nest d02 in its parent d01
+  hpcdiff data synth --out data/wrf --format wrf
+
   # then look at it, and train with the config section it wrote
   hpcdiff data inspect data/synth/fine_000.nc
   cat data/synth/data.yaml
@@ -68,6 +71,7 @@ def run_synth(args: argparse.Namespace) -> int:
             complevel=args.complevel,
             significant_digits=args.significant_digits or None,
             seed=args.seed,
+            format=args.format,
         )
         t0 = time.perf_counter()
         write_dataset(cfg, log=print)
@@ -154,7 +158,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_synth(sub) -> None:
-    from hpcdiff.data.synth import DEFAULT_VARIABLES, VARIABLES
+    from hpcdiff.data.synth import DEFAULT_VARIABLES, FORMATS, VARIABLES
 
     p = sub.add_parser(
         "synth",
@@ -184,6 +188,13 @@ def _add_synth(sub) -> None:
     p.add_argument("--complevel", type=int, default=4, help="zlib level, 0 = uncompressed")
     p.add_argument("--significant-digits", type=int, default=3, help="0 = no quantization")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="netcdf4",
+        help="netcdf4 (chunked, zlib), netcdf3 (64-bit offset, contiguous) or wrf "
+        "(wrfout_d01/d02 files as WRF writes them) (default: %(default)s)",
+    )
     p.add_argument("--no-stats", action="store_true", help="skip stats.json")
     p.set_defaults(func=run_synth)
 

@@ -30,11 +30,13 @@ from hpcdiff.data.cf import (
     GridDims,
     attributes,
     discover_dims,
-    epoch_seconds,
+    file_times,
     format_time,
     parse_time,
     read_values,
+    time_variable,
 )
+from hpcdiff.data.curvilinear import scan_grid
 from hpcdiff.data.errors import DataError, DataTypeError
 from hpcdiff.data.tiles import Tile
 
@@ -68,7 +70,7 @@ class _Handles:
             ds.set_auto_maskandscale(False)
             try:
                 for var in ds.variables.values():
-                    if var.chunking() != "contiguous":
+                    if isinstance(var.chunking(), list):  # None (NetCDF3), 'contiguous'
                         var.set_var_chunk_cache(size=CHUNK_CACHE_BYTES)
             except READ_ERRORS as err:
                 ds.close()
@@ -113,7 +115,8 @@ class VarMeta:
     fills: tuple[float | int, ...]  # in the stored dtype's range (ints for integer dtypes)
     scale: float | None
     offset: float | None
-    chunks: tuple[int, ...] | None  # HDF5 chunk shape in (time?, y, x) order; None if contiguous
+    # HDF5 chunk shape in (time?, y, x) order; None if contiguous (NetCDF4) or NetCDF3
+    chunks: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ def _fill_values(attrs: Mapping, dtype: np.dtype, path: str, name: str) -> tuple
 
 
 def _var_meta(ds: netCDF4.Dataset, path: str, name: str, dims: GridDims, timed: bool) -> VarMeta:
+    """How to read ``name``; :class:`DataTypeError` for fields that do not decode to numbers."""
     var = ds.variables[name]
     dtype = np.dtype(var.dtype) if not isinstance(var.dtype, type) else np.dtype(object)
     attrs = attributes(var, path)
@@ -193,9 +197,16 @@ def _var_meta(ds: netCDF4.Dataset, path: str, name: str, dims: GridDims, timed: 
     scale = _packing(attrs, "scale_factor", path, name)
     offset = _packing(attrs, "add_offset", path, name)
     fills = _fill_values(attrs, dtype, path, name)
-    chunking = var.chunking()
+    try:
+        chunking = var.chunking()  # None in NetCDF3 files, 'contiguous' or a list in NetCDF4
+    except READ_ERRORS as err:
+        raise DataError(
+            f"cannot read the storage layout ({err}); the file may be corrupt",
+            path=path,
+            variable=name,
+        ) from err
     chunks = None
-    if chunking != "contiguous":
+    if isinstance(chunking, list):
         by_dim = dict(zip(var.dimensions, chunking))
         axes = (dims.time, dims.y, dims.x) if dims.time else (dims.y, dims.x)
         chunks = tuple(int(by_dim[d]) for d in axes)
@@ -237,7 +248,8 @@ class GridSource:
     paths : files, in any order (they are sorted by their first time).
     variables : variable names that every file must hold on the same (H, W) grid.
     dims : overrides ``{'time'|'y'|'x': dimension name}`` for CF discovery.
-    timed : False for static fields (no time dimension).
+    timed : False for static fields (no time dimension, or read at the first time).
+    levels : ``{dimension: index}`` read on extra dimensions such as WRF's ``bottom_top``.
     name : what the grid is ('target', 'condition', 'static'), used in messages.
 
     ``on_read``, if set, is called as ``on_read(path, variable, key)`` before every netCDF4
@@ -253,6 +265,7 @@ class GridSource:
         dims: Mapping[str, str] | None = None,
         timed: bool = True,
         name: str = "target",
+        levels: Mapping[str, int] | None = None,
     ) -> None:
         if not paths:
             raise DataError(f"no {name} files given")
@@ -261,11 +274,13 @@ class GridSource:
         self.name, self.timed, self.variables = name, timed, list(variables)
         self.on_read: ReadHook | None = None
         self.calendar, self._calendar = "standard", None
+        self.levels = dict(levels or {})
         scans = [self._scan(str(p), dict(dims or {})) for p in paths]
         if timed:
             scans.sort(key=lambda s: s[1][0] if len(s[1]) else np.inf)
         self.files = [s[0] for s in scans]
         self.shape, self.y_coord, self.x_coord = scans[0][2], scans[0][3], scans[0][4]
+        self.grid = scan_grid(self.files[0], self.variables[0], self.shape)
         for scan in scans[1:]:
             self._check_same_grid(scan)
         self.times = self._check_times([s[1] for s in scans]) if timed else np.zeros(0)
@@ -293,9 +308,14 @@ class GridSource:
                     path=path,
                     variable=var,
                 )
-            dims = discover_dims(ds, var, overrides, timed=self.timed, path=path)
+            dims = discover_dims(
+                ds, var, overrides, timed=self.timed, path=path, levels=self.levels
+            )
             metas[var] = _var_meta(ds, path, var, dims, self.timed)
-            vshape = (ds.dimensions[dims.y].size, ds.dimensions[dims.x].size)
+            vshape = (
+                ds.dimensions[dims.y].size - (dims.stagger == "y"),
+                ds.dimensions[dims.x].size - (dims.stagger == "x"),
+            )
             if shape is not None and vshape != shape:
                 raise DataError(
                     f"grid {vshape} differs from {shape} of {self.variables[0]!r}",
@@ -308,19 +328,20 @@ class GridSource:
         first = metas[self.variables[0]].dims
         times = np.zeros(0)
         if self.timed:
-            tvar = ds.variables.get(first.time)
-            if tvar is None or tvar.dimensions != (first.time,):
+            tvar = time_variable(ds, first.time)
+            if tvar is None:
                 raise DataError(
-                    f"time dimension {first.time!r} has no 1-D coordinate variable",
+                    f"time dimension {first.time!r} has no 1-D coordinate variable "
+                    "(nor WRF Times / XTIME)",
                     path=path,
                     variable=self.variables[0],
                 )
-            times, calendar = epoch_seconds(tvar, path)
+            times, calendar = file_times(tvar, path)
             if self._calendar is not None and calendar != self._calendar:
                 raise DataError(
                     f"calendar {calendar!r} differs from {self._calendar!r}",
                     path=path,
-                    variable=first.time,
+                    variable=tvar.name,
                 )
             self._calendar = self.calendar = calendar
         n_times = ds.dimensions[first.time].size if self.timed else 0
@@ -401,10 +422,14 @@ class GridSource:
         vm = meta.variables[variable]
         window = window or Tile.full(self.shape)
         rows, cols = window.slices()
+        if vm.dims.stagger == "y":  # the mass rows [r0, r1) lie between staggered r0 .. r1
+            rows = slice(rows.start, rows.stop + 1)
+        elif vm.dims.stagger == "x":
+            cols = slice(cols.start, cols.stop + 1)
         sel = {vm.dims.y: rows, vm.dims.x: cols}
         if vm.dims.time is not None:
             sel[vm.dims.time] = times
-        key = tuple(sel.get(d, 0) for d in vm.dims.order)
+        key = tuple(sel.get(d, self.levels.get(d, 0)) for d in vm.dims.order)
         if self.on_read is not None:
             self.on_read(meta.path, variable, key)
         with NC_LOCK:
@@ -431,7 +456,7 @@ class GridSource:
         wanted = [d for d in (vm.dims.time, vm.dims.y, vm.dims.x) if d in kept]
         if kept != wanted:
             raw = np.transpose(raw, [kept.index(d) for d in wanted])
-        return decode(raw, vm)
+        return destagger(decode(raw, vm), vm.dims.stagger)
 
     def read(self, variable: str, t: int, window: Tile | None = None) -> np.ndarray:
         """Decoded ``(h, w)`` float32 window of ``variable`` at global time index ``t``."""
@@ -442,6 +467,19 @@ class GridSource:
     def read_static(self, variable: str, window: Tile | None = None) -> np.ndarray:
         """Decoded ``(h, w)`` float32 window of a static (time-less) variable."""
         return self.read_block(0, variable, None, window)
+
+
+def destagger(values: np.ndarray, stagger: str | None) -> np.ndarray:
+    """Mass-point values of a staggered ``(..., h, w)`` block: the mean of the two staggered
+    points around each mass point (WRF's arakawa-C grid), in place of a view."""
+    if stagger is None:
+        return values
+    axis = -2 if stagger == "y" else -1
+    n = values.shape[axis]
+    lo = np.take(values, np.arange(n - 1), axis=axis)
+    lo += np.take(values, np.arange(1, n), axis=axis)
+    lo *= np.float32(0.5)
+    return lo
 
 
 def _coord(ds: netCDF4.Dataset, path: str, dim: str) -> np.ndarray | None:

@@ -65,7 +65,7 @@ class SamplesFile:
                 )
         self._layouts = layouts
         for var in self.ds.variables.values():  # chunks are read once: no 64 MiB cache each
-            if var.ndim and var.chunking() != "contiguous":
+            if var.ndim and isinstance(var.chunking(), list):  # not NetCDF3, not contiguous
                 var.set_var_chunk_cache(size=CHUNK_CACHE_BYTES)
         self.members, self.n_times, self.shape = first[1], first[2], first[3]
         self.times, self.calendar = self._times(first[0])

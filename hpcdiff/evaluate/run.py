@@ -123,8 +123,9 @@ def evaluate(
                 acc.update(ens, y, samples.label(t))
                 if t == 0 and make_plots:
                     panels = plots.map_panels(ens, y)
+                    where = plots.map_coords(samples.ds, name, plots.map_step(y.shape))
                     maps.append(plots.plot_maps(out_dir / f"maps_{name}.png", name,
-                                                samples.label(0), panels))  # fmt: skip
+                                                samples.label(0), panels, where))  # fmt: skip
             scores[name] = acc.result()
         result = {
             "samples": str(samples_path),
