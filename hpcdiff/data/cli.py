@@ -30,6 +30,8 @@ STATS_EXAMPLES = """\
 examples:
   hpcdiff data stats --config data/synth/data.yaml            # writes data.stats_file
   hpcdiff data stats data/era/*.nc --variables t2m tp --log1p tp -o stats.json
+  # WRF output as written: staggered U at the lowest model level, de-staggered
+  hpcdiff data stats wrfout_d02_* --variables T2 U --levels bottom_top=0 -o stats.json
 """
 
 INSPECT_EXAMPLES = """\
@@ -88,6 +90,7 @@ def run_synth(args: argparse.Namespace) -> int:
                     split="train",
                     chunk_mb=32,
                     workers=None,
+                    levels=[],
                 )
             )
     except (DataError, ConfigError, ValueError, OSError) as err:
@@ -115,6 +118,17 @@ def _stats_from_config(args: argparse.Namespace):
     return sources, cfg.log1p_variables, index, output
 
 
+def _levels(items: list[str]) -> dict[str, int]:
+    """``["bottom_top=0"]`` -> ``{"bottom_top": 0}`` (the --levels option)."""
+    out = {}
+    for item in items:
+        dim, _, index = item.partition("=")
+        if not dim or not index.strip().isdigit():
+            raise ValueError(f"--levels {item!r}: expected DIMENSION=INDEX, e.g. bottom_top=0")
+        out[dim] = int(index)
+    return out
+
+
 def run_stats(args: argparse.Namespace) -> int:
     from hpcdiff.data.reader import GridSource
     from hpcdiff.data.stats import compute_stats, write_stats
@@ -126,7 +140,8 @@ def run_stats(args: argparse.Namespace) -> int:
             if not args.paths or not args.variables or not args.output:
                 raise ValueError("give --config, or PATHS with --variables and -o OUT.json")
             group = "static" if args.static else "target"
-            source = GridSource(args.paths, args.variables, timed=not args.static, name=group)
+            source = GridSource(args.paths, args.variables, timed=not args.static, name=group,
+                                levels=_levels(args.levels))  # fmt: skip
             sources, log1p, index, output = {group: source}, args.log1p, None, args.output
         t0 = time.perf_counter()
         stats = compute_stats(
@@ -227,6 +242,13 @@ def register(subparsers) -> None:
     p.add_argument("--variables", nargs="+")
     p.add_argument("--log1p", nargs="+", default=[], help="variables to log1p-transform")
     p.add_argument("--static", action="store_true", help="the files hold static fields")
+    p.add_argument(
+        "--levels",
+        nargs="+",
+        default=[],
+        metavar="DIM=INDEX",
+        help="index read on extra dimensions, e.g. bottom_top=0 (as data.levels)",
+    )
     p.add_argument("--split", choices=("train", "valid", "all"), default="train")
     p.add_argument("--chunk-mb", type=int, default=32, help="dask chunk size (>= 16 advised)")
     p.add_argument("--workers", type=int, default=None, help="dask threads")

@@ -157,7 +157,11 @@ class FileTruth:
     themselves samples files), matched to the samples' times."""
 
     def __init__(
-        self, paths: Sequence[str], samples: SamplesFile, dims: dict | None = None
+        self,
+        paths: Sequence[str],
+        samples: SamplesFile,
+        dims: dict | None = None,
+        levels: dict | None = None,
     ) -> None:
         paths = [p for pattern in paths for p in sorted(glob.glob(str(pattern))) or [pattern]]
         first = open_dataset(str(paths[0]))
@@ -166,7 +170,9 @@ class FileTruth:
         finally:
             first.close()
         self.names = {v: f"{v}_truth" if has else v for v in samples.variables}
-        self.source = GridSource(paths, list(self.names.values()), dims=dims, name="truth")
+        self.source = GridSource(
+            paths, list(self.names.values()), dims=dims, name="truth", levels=levels
+        )
         self.description = ", ".join(map(str, paths))
         if tuple(self.source.shape) != samples.shape:
             raise DataError(

@@ -60,6 +60,7 @@ class Fallbacks:
     truth_files: list[str] = field(default_factory=list)
     truth_dims: dict = field(default_factory=dict)
     patch_grid: PatchGrid | None = None
+    truth_levels: dict = field(default_factory=dict)  # data.levels (WRF bottom_top, ...)
 
 
 def _file_patch_grid(samples: SamplesFile) -> PatchGrid | None:
@@ -76,7 +77,9 @@ def _truth(samples: SamplesFile, truth: Sequence[str] | None, fallbacks: Fallbac
         return FileTruth(truth, samples)
     in_file = all(samples.has_truth(v) for v in samples.variables)
     if not in_file and fallbacks.truth_files:
-        return FileTruth(fallbacks.truth_files, samples, fallbacks.truth_dims)
+        return FileTruth(
+            fallbacks.truth_files, samples, fallbacks.truth_dims, fallbacks.truth_levels
+        )
     return InFileTruth(samples)
 
 
@@ -182,6 +185,7 @@ def evaluate_run(
         list(cfg.data.files),
         dict(cfg.data.dims),
         PatchGrid(tuple(cfg.data.patch_shape), cfg.sample.overlap_pix, cfg.sample.boundary_pix),
+        dict(cfg.data.levels),
     )
     return evaluate(
         samples if samples is not None else latest_samples(run_dir),

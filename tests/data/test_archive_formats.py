@@ -7,6 +7,10 @@ fields at the first time, and the regridding of a coarse condition onto a curvil
 from __future__ import annotations
 
 import glob
+import json
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import netCDF4
@@ -15,11 +19,13 @@ import pytest
 import yaml
 
 from hpcdiff.cli import main
+from hpcdiff.data.config import DataConfig
 from hpcdiff.data.errors import DataError
 from hpcdiff.data.inspect import inspect_paths
 from hpcdiff.data.reader import HANDLES, GridSource
 from hpcdiff.data.regrid import CurvilinearRegridder, Regridder, regridder_for
 from hpcdiff.data.stats import compute_stats
+from hpcdiff.data.stream import DataStream
 from hpcdiff.data.synth import SynthConfig, write_dataset
 from hpcdiff.data.tiles import Tile
 
@@ -221,3 +227,111 @@ def test_wrf_file_names_and_yaml(wrf):
     assert names == [f"wrfout_d0{d}_{s}" for d in (1, 2) for s in stamps]
     data = yaml.safe_load((folder / "data.yaml").read_text())["data"]
     assert data["variables"] == ["T2", "U", "PREC_ACC_NC"] and data["levels"] == {"bottom_top": 0}
+
+
+def _stream_cfg(files: dict, variables: list[str], **kw) -> DataConfig:
+    return DataConfig(files=files["fine"], variables=variables, mode="patch", batch_size=3,
+                      patch_shape=(8, 12), prefetch=1, levels={"bottom_top": 0}, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["nc3", "wrf"])
+def test_patch_mode_windows_are_the_patch_and_equal_direct_reads(fmt, nc3, wrf):
+    files = nc3 if fmt == "nc3" else wrf
+    names = ["t2m", "u10"] if fmt == "nc3" else ["T2", "U"]
+    cond = dict(condition_files=files["coarse"], condition_variables=names[:1])
+    with DataStream(_stream_cfg(files, names, **cond)) as stream:
+        assert stream.window_shape == (8, 12)  # no chunks: nothing to round the patch up to
+        origins = set()
+        for _ in range(3):
+            batch = next(stream)
+            assert batch.condition.shape == (3, 1, 8, 12)
+            for b in range(3):
+                t, (r, c) = int(batch.time_index[b]), batch.origin[b].tolist()
+                origins.add((r, c))
+                for i, name in enumerate(names):
+                    want = stream.sources["target"].read(name, t, Tile(r, r + 8, c, c + 12))
+                    np.testing.assert_array_equal(batch.data[b, i].numpy(), want)
+    assert len(origins) > 3 and any(r % 8 or c % 12 for r, c in origins)
+    HANDLES.close_all()
+
+
+def test_one_wrf_file_per_output_time(tmp_path):
+    cfg = SynthConfig(out_dir=str(tmp_path), shape=(16, 16), n_times=3, n_files=3,
+                      coarse_factor=2, variables=("t2m",), format="wrf")  # fmt: skip
+    paths = write_dataset(cfg)
+    assert [Path(p).name for p in paths["fine"]] == [
+        f"wrfout_d02_2020-06-01_0{h}:00:00" for h in range(3)
+    ]
+    source = GridSource(paths["fine"][::-1], ["T2"])  # any order: sorted by Times
+    assert source.n_times == 3 and np.all(np.diff(source.times) == 3600.0)
+    assert [Path(f.path).name[-8:] for f in source.files] == ["00:00:00", "01:00:00", "02:00:00"]
+    HANDLES.close_all()
+
+
+def test_stats_cli_needs_and_takes_levels_for_3d_wrf_fields(wrf, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    args = ["data", "stats", *wrf["fine"], "--variables", "U", "-o", str(out)]
+    assert main(args) == 2
+    assert "data.levels.bottom_top" in capsys.readouterr().err
+    assert main([*args, "--levels", "bottom_top=1"]) == 0
+    raw = _raw(wrf["fine"], "U", level=1)
+    mean = json.loads(out.read_text())["groups"]["target"]["U"]["mean"]
+    np.testing.assert_allclose(mean, (0.5 * (raw[..., :-1] + raw[..., 1:])).mean(), rtol=1e-6)
+    assert main([*args, "--levels", "bottom_top"]) == 2
+    HANDLES.close_all()
+
+
+@pytest.mark.skipif(shutil.which("nccopy") is None, reason="nccopy: scripts/ci_services.sh install")
+@pytest.mark.parametrize("fmt", ["nc3", "wrf"])
+def test_the_advised_nccopy_command_converts_without_changing_values(fmt, nc3, wrf, tmp_path):
+    files = nc3 if fmt == "nc3" else wrf
+    names = ["t2m", "tp"] if fmt == "nc3" else ["T2", "U"]
+    src = tmp_path / Path(files["fine"][0]).name
+    shutil.copy(files["fine"][0], src)
+    report, _ = inspect_paths([str(src)], patch=(16, 16))
+    command = report.split("convert with: ")[1].split("\n")[0]
+    subprocess.run(shlex.split(command), cwd=tmp_path, check=True, capture_output=True)
+    with netCDF4.Dataset(tmp_path / "out.nc") as ds:
+        assert ds.data_model == "NETCDF4"
+        assert ds[names[0]].chunking() == [1, 16, 16]
+    before = GridSource([str(src)], names, levels={"bottom_top": 0})
+    after = GridSource([str(tmp_path / "out.nc")], names, levels={"bottom_top": 0})
+    np.testing.assert_array_equal(after.times, before.times)
+    for name in names:
+        for t in range(before.n_times):
+            np.testing.assert_array_equal(after.read(name, t), before.read(name, t))
+    HANDLES.close_all()
+
+
+def _samples_like(path: Path, lat: np.ndarray, lon: np.ndarray, coords: str) -> Path:
+    with netCDF4.Dataset(path, "w") as ds:
+        for name, size in (("member", 2), ("time", 1), ("y", lat.shape[0]), ("x", lat.shape[1])):
+            ds.createDimension(name, size)
+        for name, values, units in (("XLAT", lat, "degree_north"), ("XLONG", lon, "degree_east")):
+            v = ds.createVariable(name, "f8", ("y", "x"))
+            v.units, v[:] = units, values  # fmt: skip
+        v = ds.createVariable("T2", "f4", ("member", "time", "y", "x"))
+        v.coordinates = coords
+        v[:] = np.ones((2, 1, *lat.shape))
+    return path
+
+
+def test_maps_of_curvilinear_grids_use_their_2d_coordinates(tmp_path, caplog):
+    from hpcdiff.evaluate import plots
+
+    lat, lon = np.meshgrid(np.linspace(50, 55, 6), np.linspace(5, 12, 8), indexing="ij")
+    lon = lon + 0.1 * (lat - 50)  # sheared: not rectilinear
+    path = _samples_like(tmp_path / "s.nc", lat, lon, "XLONG XLAT")
+    with netCDF4.Dataset(path) as nc:
+        got = plots.map_coords(nc, "T2", 2)
+    np.testing.assert_array_equal(got[0], lat[::2, ::2])
+    np.testing.assert_array_equal(got[1], lon[::2, ::2])
+    field = np.arange(12.0).reshape(3, 4)
+    png = plots.plot_maps(tmp_path / "m.png", "T2", "t0", [("truth", field)], got)
+    assert png.stat().st_size > 1000
+    with netCDF4.Dataset(_samples_like(tmp_path / "r.nc", lat, lon, "")) as nc:
+        assert plots.map_coords(nc, "T2", 1) is None  # rectilinear or none: index space
+    lat[2, 3] = np.nan
+    with netCDF4.Dataset(_samples_like(tmp_path / "n.nc", lat, lon, "XLAT XLONG")) as nc:
+        assert plots.map_coords(nc, "T2", 1) is None
+    assert "2-D coordinates XLAT/XLONG have missing values" in caplog.text
