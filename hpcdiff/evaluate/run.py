@@ -74,7 +74,7 @@ def _file_patch_grid(samples: SamplesFile) -> PatchGrid | None:
 
 def _truth(samples: SamplesFile, truth: Sequence[str] | None, fallbacks: Fallbacks):
     if truth:
-        return FileTruth(truth, samples)
+        return FileTruth(truth, samples, levels=fallbacks.truth_levels)
     in_file = all(samples.has_truth(v) for v in samples.variables)
     if not in_file and fallbacks.truth_files:
         return FileTruth(

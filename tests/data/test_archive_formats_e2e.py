@@ -19,6 +19,7 @@ import yaml
 
 from hpcdiff.data.reader import HANDLES, GridSource
 from hpcdiff.data.tiles import Tile
+from hpcdiff.evaluate.run import evaluate_run
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,4 +110,10 @@ def test_two_rank_tiled_sampling_writes_the_inputs_grid(trained):
                 np.testing.assert_array_equal(out["lon"].values, src["lon"][:])
     pngs = sorted((trained / "runs" / "r" / "samples").glob("*.png"))
     assert len(pngs) == len(data["variables"])
+    # evaluation against the input files themselves (not the truth copy in samples.nc)
+    result = evaluate_run(trained / "runs" / "r", truth=files, out_dir=trained / "eval")
+    assert result["truth"] == ", ".join(files)
+    for name in data["variables"]:
+        assert (trained / "eval" / f"maps_{name}.png").stat().st_size > 1000
+        assert np.isfinite(result["scores"][name]["crps"])
     HANDLES.close_all()
