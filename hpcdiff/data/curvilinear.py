@@ -43,6 +43,9 @@ class GridInfo:
     lat: str | None = None  # 2-D latitude variable on the mass grid
     lon: str | None = None
     projection: Mapping[str, Any] = field(default_factory=dict)
+    # What the 1-D y/x coordinates are: 'geographic' (latitude/longitude in degrees),
+    # 'projected' (rotated-pole degrees, metres, ...) or None without 1-D coordinates.
+    axes: str | None = None
 
     @property
     def curvilinear(self) -> bool:
@@ -103,15 +106,29 @@ def scan_grid(meta: Any, variable: str, shape: tuple[int, int]) -> GridInfo:
             except READ_ERRORS as err:
                 raise DataError(f"cannot read global attributes ({err})", path=meta.path) from err
             projection = {k: glob[k] for k in PROJECTION_ATTRS if k in glob}
+            axes = _axes(ds, meta.path, ydim, xdim)
             if ydim not in ds.dimensions or xdim not in ds.dimensions:
-                return GridInfo(meta.path, projection=projection)
+                return GridInfo(meta.path, projection=projection, axes=axes)
             lat, lon = find_coords2d(ds, meta.path, variable, ydim, xdim)
             if lat is None or lon is None or ds.dimensions[ydim].size != shape[0]:
                 lat = lon = None
     finally:
         with NC_LOCK:
             ds.close()
-    return GridInfo(meta.path, lat, lon, projection)
+    return GridInfo(meta.path, lat, lon, projection, axes)
+
+
+def _axes(ds: Any, path: str, ydim: str, xdim: str) -> str | None:
+    """'geographic', 'projected' or None: what the 1-D coordinates of (ydim, xdim) are."""
+    coords = [ds.variables.get(d) for d in (ydim, xdim)]
+    if any(c is None or c.dimensions != (d,) for c, d in zip(coords, (ydim, xdim))):
+        return None
+    kinds = [_kind(c, path) for c in coords]
+    if kinds == ["lat", "lon"] and all(c.name.lower() not in ("rlat", "rlon") for c in coords):
+        std = [str(attributes(c, path).get("standard_name", "")).lower() for c in coords]
+        if not any(s.startswith("grid_") or s.startswith("projection_") for s in std):
+            return "geographic"
+    return "projected"
 
 
 def read_coords2d(info: GridInfo, window: Tile | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ import netCDF4
 import numpy as np
 
 from hpcdiff.data.cf import (
+    READ_ERRORS,
     classify_coordinate,
     classify_dim,
     epoch_seconds,
@@ -29,6 +30,7 @@ from hpcdiff.data.cf import (
     time_variable,
 )
 from hpcdiff.data.curvilinear import PROJECTION_ATTRS
+from hpcdiff.data.errors import DataError
 from hpcdiff.data.reader import NC_LOCK, open_dataset
 
 SMALL_CHUNK = 16 * 2**10
@@ -171,6 +173,16 @@ def _netcdf3_warning(ds: netCDF4.Dataset, path: str, patch: Sequence[int]) -> li
     ]
 
 
+def _first_slab(var: netCDF4.Variable, path: str) -> np.ndarray:
+    """The (y, x) values of a 2-D coordinate at index 0 of its leading dimensions (never all
+    its times), as float64 with NaN for masked values."""
+    try:
+        values = var[(0,) * (var.ndim - 2)]
+    except READ_ERRORS as err:
+        raise DataError(f"read failed ({err})", path=path, variable=var.name) from None
+    return np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)
+
+
 def _wrf_lines(ds: netCDF4.Dataset, path: str) -> list[str]:
     """Time axis without a coordinate variable (WRF Times/XTIME), 2-D coordinates and the
     projection attributes."""
@@ -187,7 +199,7 @@ def _wrf_lines(ds: netCDF4.Dataset, path: str) -> list[str]:
         std = str(getattr(var, "standard_name", "")) or name
         if var.ndim >= 2 and not _text(var) and std.upper() in ("XLAT", "XLONG", "LATITUDE",
                                                                 "LONGITUDE"):  # fmt: skip
-            values = np.asarray(read_values(var, path)[(0,) * (var.ndim - 2)])
+            values = _first_slab(var, path)
             lines.append(
                 f"  2-D coordinate {name} ({', '.join(var.dimensions)}) "
                 f"{np.nanmin(values):.6g} .. {np.nanmax(values):.6g}"

@@ -2,14 +2,16 @@
 
 What :func:`regridder_for` supports, by the coordinates of the two grids:
 
-* both rectilinear (1-D coordinates): separable weights (one pair of neighbours and weights per
+* both rectilinear with the same kind of axes (latitude/longitude, or projected): separable
+  weights (one pair of neighbours and weights per
   fine row and per fine column), computed once and reused for every window: a window costs two
   gathers and two multiply-adds per output cell;
 * a WRF nest (fine) and its parent domain (coarse, ``GRID_ID`` = the nest's ``PARENT_ID``, same
   projection): separable too, in the parent's index space (:func:`nest_positions`);
 * a curvilinear fine grid (2-D latitude/longitude, e.g. WRF ``XLAT``/``XLONG``) and a regular
   latitude/longitude coarse grid (a reanalysis): :class:`CurvilinearRegridder`, bilinear in
-  the coarse grid's coordinates at each fine point, positions held for the rank's region only;
+  the coarse grid's coordinates at each fine point (also rotated-pole grids that carry 2-D
+  latitude/longitude), cell and weights held for the rank's region only (16 bytes per cell);
 * neither grid with coordinates: index space (cell centres ``(i + 0.5) / n``).
 
 Anything else with a curvilinear grid (two unrelated WRF domains, a curvilinear coarse grid
@@ -131,8 +133,8 @@ class CurvilinearRegridder:
     def __init__(self, pos_y: np.ndarray, pos_x: np.ndarray, region: Tile, coarse_shape) -> None:
         self.region = region
         ny, nx = int(coarse_shape[0]), int(coarse_shape[1])
-        self.i0 = np.clip(np.floor(pos_y), 0, max(ny - 2, 0)).astype(np.int64)
-        self.j0 = np.clip(np.floor(pos_x), 0, max(nx - 2, 0)).astype(np.int64)
+        self.i0 = np.clip(np.floor(pos_y), 0, max(ny - 2, 0)).astype(np.int32)
+        self.j0 = np.clip(np.floor(pos_x), 0, max(nx - 2, 0)).astype(np.int32)
         self.wy = np.clip(pos_y - self.i0, 0, 1).astype(np.float32)
         self.wx = np.clip(pos_x - self.j0, 0, 1).astype(np.float32)
         self.dy, self.dx = int(ny > 1), int(nx > 1)
@@ -196,13 +198,14 @@ def regridder_for(target, condition, region: Tile | None = None):
     where = condition.files[0].path
     fine_1d = target.y_coord is not None and target.x_coord is not None
     coarse_1d = condition.y_coord is not None and condition.x_coord is not None
+    coarse_geo = coarse_1d and coarse_info.axes == "geographic"
     if is_nest_of(fine_info, coarse_info):
         rows, cols = nest_positions(fine_info, coarse_info, target.shape)
         ny, nx = condition.shape
         return Regridder(rows, cols, np.arange(ny, dtype=float), np.arange(nx, dtype=float))
-    if fine_1d and coarse_1d:
+    if fine_1d and coarse_1d and fine_info.axes == coarse_info.axes:  # same kind of axes
         return Regridder(target.y_coord, target.x_coord, condition.y_coord, condition.x_coord)
-    if fine_info.curvilinear and coarse_1d and not coarse_info.curvilinear:
+    if fine_info.curvilinear and coarse_geo:
         region = region or Tile.full(target.shape)
         lat, lon = read_coords2d(fine_info, region)
         lon = _wrap_longitudes(lon, condition.x_coord)
@@ -224,4 +227,4 @@ def _kind(source, one_d: bool) -> str:
         return "WRF domain " + str(source.grid.projection.get("GRID_ID", "?"))
     if source.grid.curvilinear:
         return "curvilinear"
-    return "rectilinear" if one_d else "no coordinates"
+    return f"rectilinear, {source.grid.axes}" if one_d else "no coordinates"

@@ -335,3 +335,47 @@ def test_maps_of_curvilinear_grids_use_their_2d_coordinates(tmp_path, caplog):
     with netCDF4.Dataset(_samples_like(tmp_path / "n.nc", lat, lon, "XLAT XLONG")) as nc:
         assert plots.map_coords(nc, "T2", 1) is None
     assert "2-D coordinates XLAT/XLONG have missing values" in caplog.text
+
+
+def _grid_file(path: Path, y, x, ynames, xnames, lat2d=None, lon2d=None) -> Path:
+    """A one-time file with 1-D coordinates ``y``/``x`` (named and described by ``ynames`` /
+    ``xnames`` = (name, units, standard_name)) and optional 2-D lat/lon."""
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("time", None)
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units, t[:] = "hours since 2020-06-01", [0.0]  # fmt: skip
+        for values, (name, units, std) in ((y, ynames), (x, xnames)):
+            ds.createDimension(name, values.size)
+            v = ds.createVariable(name, "f8", (name,))
+            v.units, v.standard_name, v[:] = units, std, values  # fmt: skip
+        var = ds.createVariable("v", "f4", ("time", ynames[0], xnames[0]))
+        var[:] = np.zeros((1, y.size, x.size))
+        if lat2d is not None:
+            var.coordinates = "lat lon"
+            for name, values, units in (("lat", lat2d, "degrees_north"),
+                                        ("lon", lon2d, "degrees_east")):  # fmt: skip
+                c = ds.createVariable(name, "f8", (ynames[0], xnames[0]))
+                c.units, c[:] = units, values  # fmt: skip
+    return path
+
+
+def test_rotated_pole_targets_use_their_2d_coordinates_not_their_rotated_axes(tmp_path):
+    rlat, rlon = np.linspace(-2, 2, 9), np.linspace(-3, 3, 13)
+    lat2d = 50 + rlat[:, None] + 0.05 * rlon[None, :]  # a rotated grid seen geographically
+    lon2d = 10 + rlon[None, :] + 0.0 * rlat[:, None]
+    rot = (("rlat", "degrees", "grid_latitude"), ("rlon", "degrees", "grid_longitude"))
+    fine = _grid_file(tmp_path / "cosmo.nc", rlat, rlon, *rot, lat2d, lon2d)
+    geo = (("lat", "degrees_north", "latitude"), ("lon", "degrees_east", "longitude"))
+    era = _grid_file(tmp_path / "era.nc", np.linspace(45, 55, 11), np.linspace(5, 15, 11), *geo)
+    target, coarse = GridSource([str(fine)], ["v"]), GridSource([str(era)], ["v"])
+    assert (target.grid.axes, coarse.grid.axes) == ("projected", "geographic")
+    regrid = regridder_for(target, coarse)
+    assert isinstance(regrid, CurvilinearRegridder)
+    lat_pos = regrid.i0 + regrid.wy  # fractional row of each fine point on the 1-degree grid
+    np.testing.assert_allclose(lat_pos, lat2d - 45, atol=1e-6)
+    bare = _grid_file(tmp_path / "bare.nc", rlat, rlon, *rot)  # rotated axes, no 2-D lat/lon
+    with pytest.raises(DataError, match=r"\(rectilinear, geographic\) onto the target grid "
+                                        r"\(rectilinear, projected\)") as err:  # fmt: skip
+        regridder_for(GridSource([str(bare)], ["v"]), coarse)
+    assert str(era) in str(err.value)
+    HANDLES.close_all()
