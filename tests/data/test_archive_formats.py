@@ -379,3 +379,21 @@ def test_rotated_pole_targets_use_their_2d_coordinates_not_their_rotated_axes(tm
         regridder_for(GridSource([str(bare)], ["v"]), coarse)
     assert str(era) in str(err.value)
     HANDLES.close_all()
+
+
+def test_a_rank_region_regrids_like_the_whole_grid(wrf, tmp_path):
+    """The curvilinear regridder of one rank (its region only) gives the whole-grid result."""
+    lat, lon = np.linspace(50, 62, 13), np.linspace(0, 20, 21)
+    era = _grid_file(tmp_path / "era.nc", lat, lon, ("lat", "degrees_north", "latitude"),
+                     ("lon", "degrees_east", "longitude"))  # fmt: skip
+    with netCDF4.Dataset(era, "a") as ds:
+        ds["v"][0] = np.random.default_rng(0).normal(size=(13, 21))
+    fine, coarse = GridSource(wrf["fine"], ["T2"]), GridSource([str(era)], ["v"])
+    whole = regridder_for(fine, coarse)
+    region = Tile(10, 32, 20, 48)
+    part = regridder_for(fine, coarse, region)
+    window = Tile(12, 30, 21, 47)
+    assert part.source_window(window) == whole.source_window(window)
+    src = coarse.read("v", 0, whole.source_window(window))
+    np.testing.assert_array_equal(part.apply(src, window), whole.apply(src, window))
+    HANDLES.close_all()
