@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local services for the multi-process tests: Debian Open MPI and a one-node Slurm cluster
-# (munge + slurmctld + slurmd on localhost), for root on a Debian 12 machine without systemd.
+# (munge + slurmctld + slurmd on localhost), for root on a Debian 12 machine without systemd;
+# also netcdf-bin (nccopy, ncdump: the conversion `hpcdiff data inspect` advises is tested).
 #
 #   scripts/ci_services.sh install   apt-install the packages (no-op when already installed)
 #   scripts/ci_services.sh start     install, then start munged, slurmctld, slurmd (idempotent)
@@ -13,7 +14,7 @@
 # (srun, sbatch, sinfo) need SLURM_CONF=$HPCDIFF_SLURM_DIR/slurm.conf.
 set -euo pipefail
 
-PACKAGES=(munge slurmctld slurmd slurm-client openmpi-bin)
+PACKAGES=(munge slurmctld slurmd slurm-client openmpi-bin netcdf-bin)
 SLURM_DIR=${HPCDIFF_SLURM_DIR:-/var/tmp/hpcdiff-slurm}
 export SLURM_CONF=$SLURM_DIR/slurm.conf
 CTLD_PID=$SLURM_DIR/slurmctld.pid

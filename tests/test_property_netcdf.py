@@ -3,8 +3,10 @@
 
 Files are written by the test with generated dimension names, orders and sizes, CF
 attributes (valid, misspelled or of the wrong type), dtypes and packing, fill values, NaNs,
-and cut or zeroed bytes. Fixed budget, derandomized (tests/conftest.py): the same examples
-on every run.
+storage formats (NetCDF4, NetCDF3 classic and 64-bit offset), and cut or zeroed bytes; and as
+WRF output (``Times`` strings, ``XTIME``, staggered dimensions, ``bottom_top`` levels), where a
+read must equal numpy's de-staggering of the raw values. Fixed budget, derandomized
+(tests/conftest.py): the same examples on every run.
 """
 
 from __future__ import annotations
@@ -68,6 +70,17 @@ PACKING = st.fixed_dictionaries(
 )
 
 
+FORMATS = st.sampled_from(["NETCDF4", "NETCDF3_64BIT_OFFSET", "NETCDF3_CLASSIC"])
+NC3_TYPES = {"u1": "i1", "i8": "i4"}  # NetCDF3 has neither
+
+
+def _attr(value, nc3: bool):
+    """Python ints become int64 attributes, which NetCDF3 cannot hold: write them as int32."""
+    if nc3 and isinstance(value, int) and not isinstance(value, bool):
+        return np.int32(value)
+    return value
+
+
 @st.composite
 def file_specs(draw) -> dict:
     """A description of one small NetCDF file holding (maybe) variable ``v``."""
@@ -96,6 +109,7 @@ def file_specs(draw) -> dict:
         "attrs": draw(PACKING),
         "nan_fraction": draw(st.sampled_from([0.0, 0.3, 1.0])),
         "var_order": order,
+        "format": draw(FORMATS),
     }
 
 
@@ -103,20 +117,26 @@ def write(path: Path, spec: dict) -> None:
     sizes = dict(spec["dims"])
     time_name = spec["dims"][0][0]
     rng = np.random.default_rng(0)
-    with netCDF4.Dataset(path, "w") as ds:
+    fmt = spec.get("format", "NETCDF4")
+    nc3 = fmt.startswith("NETCDF3")
+    with netCDF4.Dataset(path, "w", format=fmt) as ds:
         for name, size in spec["dims"]:
             unlimited = name == time_name and spec["unlimited"]
+            if nc3 and spec["var_order"][:1] != [time_name]:
+                # NetCDF3: the record dimension must come first, and a size of 0 means record
+                unlimited, size = False, max(size, 1)
             ds.createDimension(name, None if unlimited else size)
         for name, attrs in spec["coords"].items():
             dtype = spec["time_dtype"] if name == time_name else "f8"
+            dtype = "f8" if nc3 and dtype is str else dtype
             var = ds.createVariable(name, dtype, (name,))
             for key, value in attrs.items():
-                var.setncattr(key, value)
+                var.setncattr(key, _attr(value, nc3))
             n = sizes[name]
             if name == time_name:
-                var.setncattr("units", spec["time_units"])
+                var.setncattr("units", _attr(spec["time_units"], nc3))
                 if spec["calendar"] is not None:
-                    var.setncattr("calendar", spec["calendar"])
+                    var.setncattr("calendar", _attr(spec["calendar"], nc3))
                 values = np.asarray(spec["time_values"][:n])
                 if dtype is str:
                     var[:] = np.array([str(v) for v in values], dtype=object)
@@ -125,14 +145,14 @@ def write(path: Path, spec: dict) -> None:
             else:
                 var[:] = np.linspace(40.0, 41.0, n)
         shape = tuple(sizes[d] for d in spec["var_order"])
-        dtype = np.dtype(spec["dtype"])
+        dtype = np.dtype(NC3_TYPES.get(spec["dtype"], spec["dtype"]) if nc3 else spec["dtype"])
         fill = None
         if spec["fill"] and dtype.kind != "S":
             fill = netCDF4.default_fillvals[dtype.str[1:]]
         var = ds.createVariable(spec["var_name"], dtype, spec["var_order"], fill_value=fill)
         var.set_auto_maskandscale(False)
         for key, value in spec["attrs"].items():
-            var.setncattr(key, value)
+            var.setncattr(key, _attr(value, nc3))
         if dtype.kind == "f":
             data = rng.normal(size=shape).astype(dtype)
             data[rng.random(shape) < spec["nan_fraction"]] = np.nan
@@ -174,6 +194,97 @@ def test_any_generated_file_reads_or_raises_data_error(folder, spec):
     write(path, spec)
     try:
         read_everything(path)
+    finally:
+        HANDLES.close_all()
+
+
+@st.composite
+def wrf_specs(draw) -> dict:
+    """A description of one small WRF-shaped file holding ``U``."""
+    return {
+        "format": draw(FORMATS),
+        "times": draw(st.integers(0, 3)),
+        "ny": draw(st.integers(1, 4)),
+        "nx": draw(st.integers(1, 4)),
+        "stagger": draw(st.sampled_from([None, "x", "y", "bottom_top"])),
+        "levels": draw(st.sampled_from([None, 1, 3])),
+        "level": draw(st.sampled_from([None, 0, 2, 5, -1])),
+        "time_strings": draw(st.one_of(
+            st.none(),
+            st.just("valid"),
+            st.lists(st.text(alphabet="0123456789-_: ax", max_size=19), min_size=3, max_size=3),
+        )),
+        "xtime_units": draw(st.one_of(st.none(), TIME_UNITS)),
+        "nan_fraction": draw(st.sampled_from([0.0, 0.3])),
+    }  # fmt: skip
+
+
+def write_wrf(path: Path, spec: dict) -> tuple[np.ndarray, dict]:
+    """The file of ``spec``; returns the raw values of U (time first) and the levels map."""
+    nc3 = spec["format"].startswith("NETCDF3")
+    n, ny, nx = spec["times"], spec["ny"], spec["nx"]
+    stag = spec["stagger"]
+    dims = ["Time"]
+    levels = {}
+    if spec["levels"] is not None:
+        dims.append("bottom_top")
+        if spec["level"] is not None:
+            levels["bottom_top"] = spec["level"]
+    dims += ["south_north_stag" if stag == "y" else "south_north"]
+    dims += ["west_east_stag" if stag == "x" else "west_east"]
+    sizes = {"Time": None, "DateStrLen": 19, "south_north": ny, "west_east": nx,
+             "south_north_stag": ny + 1, "west_east_stag": nx + 1,
+             "bottom_top": spec["levels"] or 1}  # fmt: skip
+    rng = np.random.default_rng(1)
+    with netCDF4.Dataset(path, "w", format=spec["format"]) as ds:
+        for name, size in sizes.items():
+            ds.createDimension(name, size)
+        if spec["time_strings"] is not None:
+            texts = spec["time_strings"]
+            if texts == "valid":
+                texts = [f"2020-06-01_{h:02d}:00:00" for h in range(3)]
+            var = ds.createVariable("Times", "S1", ("Time", "DateStrLen"))
+            if n:
+                var[:] = netCDF4.stringtochar(np.array(texts[:n], "S19"))
+        if spec["xtime_units"] is not None:
+            var = ds.createVariable("XTIME", "f4", ("Time",))
+            var.setncattr("units", _attr(spec["xtime_units"], nc3))
+            if n:
+                var[:] = np.arange(n) * 60.0
+        var = ds.createVariable("U", "f4", dims)
+        shape = [n] + [sizes[d] for d in dims[1:]]
+        data = rng.normal(size=shape).astype(np.float32)
+        data[rng.random(shape) < spec["nan_fraction"]] = np.nan
+        if data.size:
+            var[:] = data
+    return data, levels
+
+
+def _expected(data: np.ndarray, spec: dict, levels: dict) -> np.ndarray:
+    if spec["levels"] is not None:
+        data = data[:, levels.get("bottom_top", 0)]
+    if spec["stagger"] == "x":
+        return 0.5 * (data[..., :-1] + data[..., 1:])
+    if spec["stagger"] == "y":
+        return 0.5 * (data[..., :-1, :] + data[..., 1:, :])
+    return data
+
+
+@given(spec=wrf_specs())
+def test_wrf_shaped_files_read_destaggered_or_raise_data_error(folder, spec):
+    path = folder / f"wrfout_d01_{next(COUNTER)}"
+    data, levels = write_wrf(path, spec)
+    try:
+        source = GridSource([str(path)], ["U"], levels=levels)
+        want = _expected(data, spec, levels)
+        for t in range(source.n_times):
+            np.testing.assert_allclose(source.read("U", t), want[t], rtol=1e-6)
+    except DataError as err:
+        assert str(path) in str(err)
+    try:
+        inspect_file(str(path), patch=(2, 2))
+    except DataError as err:
+        assert str(path) in str(err)
     finally:
         HANDLES.close_all()
 

@@ -6,6 +6,12 @@ attributes of its coordinate variable (``axis``; ``standard_name``; ``units`` su
 time an unlimited dimension. Dimensions of length 1 that are none of these (e.g. a single
 height level) are squeezed. Times are compared as float64 seconds since 1970 in the files'
 calendar (``cftime``), so files with different time units concatenate correctly.
+
+WRF output is read as written: ``Time``/``south_north``/``west_east`` are the time / y / x
+dimensions; ``west_east_stag``/``south_north_stag`` are x / y with a staggered (one longer)
+axis that the reader averages onto mass points; the time axis is the character variable
+``Times(Time, DateStrLen)`` (``YYYY-MM-DD_HH:MM:SS``), else a 1-D ``XTIME`` with CF units;
+length > 1 dimensions such as ``bottom_top`` are read at the index ``data.levels`` gives.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ _NAMES = {
     "y": ("y", "lat", "latitude", "rlat", "south_north", "j", "rows", "nlat"),
     "x": ("x", "lon", "longitude", "rlon", "west_east", "i", "cols", "nlon"),
 }
+_NAMES_KIND = {name: kind for kind, names in _NAMES.items() for name in names}
 # CF calendar names cftime decodes ("gregorian" is a deprecated alias of "standard").
 CALENDARS = (
     "standard",
@@ -58,18 +65,37 @@ CALENDARS = (
 READ_ERRORS = (RuntimeError, OSError)
 
 
+STAG = "_stag"  # WRF suffix of staggered dimensions (one more point than the mass grid)
+WRF_TIME_FORMAT = "%Y-%m-%d_%H:%M:%S"
+
+
 @dataclass(frozen=True)
 class GridDims:
-    """Names of the time / y / x dimensions of one variable, and its full dimension order."""
+    """Names of the time / y / x dimensions of one variable, and its full dimension order.
+
+    ``stagger`` is 'y' or 'x' when that dimension is staggered (WRF ``*_stag``): it has one
+    more point than the mass grid and is averaged onto mass points on read.
+    """
 
     time: str | None
     y: str
     x: str
     order: tuple[str, ...]
+    stagger: str | None = None
 
     def squeezed(self) -> tuple[str, ...]:
-        """Dimensions of length 1 that are read at index 0."""
+        """Dimensions that are neither time, y nor x: read at one index (0 or data.levels)."""
         return tuple(d for d in self.order if d not in (self.time, self.y, self.x))
+
+    @property
+    def mass(self) -> tuple[str, str]:
+        """(y, x) dimension names of the mass grid (``*_stag`` suffix removed)."""
+        return mass_name(self.y), mass_name(self.x)
+
+
+def mass_name(dim: str) -> str:
+    """``west_east_stag`` -> ``west_east``; other names unchanged."""
+    return dim[: -len(STAG)] if dim.lower().endswith(STAG) else dim
 
 
 def attributes(var: Any, path: str | None = None) -> dict[str, Any]:
@@ -115,7 +141,11 @@ def classify_coordinate(coord: Any, path: str | None = None) -> str | None:
     return None
 
 
-def _classify_dim(ds: Any, dim: str, path: str | None) -> str | None:
+def classify_dim(ds: Any, dim: str, path: str | None = None) -> str | None:
+    """'time', 'y', 'x' or None for dimension ``dim`` (attributes, then names)."""
+    if dim.lower().endswith(STAG):  # WRF staggered horizontal dims; bottom_top_stag is not
+        kind = _NAMES_KIND.get(mass_name(dim).lower())
+        return kind if kind in ("y", "x") else None
     if dim in ds.variables:
         kind = classify_coordinate(ds.variables[dim], path)
         if kind is not None:
@@ -135,14 +165,18 @@ def discover_dims(
     *,
     timed: bool = True,
     path: str | None = None,
+    levels: Mapping[str, int] | None = None,
 ) -> GridDims:
     """Find the time / y / x dimensions of ``variable`` in the open netCDF4 dataset ``ds``.
 
-    ``overrides`` maps 'time', 'y', 'x' to dimension names and wins over the attributes.
+    ``overrides`` maps 'time', 'y', 'x' to dimension names and wins over the attributes;
+    ``levels`` maps other dimensions (``bottom_top``) to the index read (``data.levels``).
+    A static (``timed=False``) variable with a time dimension is read at its first time.
     """
     var = ds.variables[variable]
     order = tuple(var.dimensions)
     found: dict[str, str] = {}
+    first_time: set[str] = set()
     overrides = dict(overrides or {})
     for kind, name in overrides.items():
         if name in order:
@@ -150,7 +184,9 @@ def discover_dims(
     for dim in order:
         if dim in found.values():
             continue
-        kind = _classify_dim(ds, dim, path)
+        kind = classify_dim(ds, dim, path)
+        if kind == "time" and not timed:
+            first_time.add(dim)
         if kind is None or (kind == "time" and not timed):
             continue
         if kind in found:
@@ -170,16 +206,43 @@ def discover_dims(
             path=path,
             variable=variable,
         )
-    dims = GridDims(found.get("time"), found["y"], found["x"], order)
-    extra = [d for d in dims.squeezed() if ds.dimensions[d].size != 1]
-    if extra:
+    stagger = [k for k in ("y", "x") if found[k].lower().endswith(STAG)]
+    if len(stagger) > 1:
         raise DataError(
-            f"has extra dimension {extra[0]!r} of size {ds.dimensions[extra[0]].size}; "
-            "only (time, y, x) fields with length-1 extra dimensions are supported",
+            "is staggered along both y and x; only one staggered axis is supported",
             path=path,
             variable=variable,
         )
+    dims = GridDims(found.get("time"), found["y"], found["x"], order, (stagger or [None])[0])
+    _check_extra(ds, dims, variable, path, dict(levels or {}), first_time)
     return dims
+
+
+def _check_extra(ds, dims: GridDims, variable: str, path, levels: dict, first_time: set) -> None:
+    """Extra dimensions must have length 1, be a time of a static field or be in levels."""
+    for d in dims.squeezed():
+        size = ds.dimensions[d].size
+        if d in levels:
+            index = levels[d]
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < size:
+                raise DataError(
+                    f"config key 'data.levels.{d}' = {index!r} is not an index in [0, {size})",
+                    path=path,
+                    variable=variable,
+                )
+        elif d in first_time and size == 0:
+            raise DataError(
+                f"static field has an empty time dimension {d!r}; it is read at its first time",
+                path=path,
+                variable=variable,
+            )
+        elif size != 1 and d not in first_time:
+            raise DataError(
+                f"has extra dimension {d!r} of size {size}; choose one index with "
+                f"data.levels.{d} (e.g. {{{d}: 0}}), or give (time, y, x) fields",
+                path=path,
+                variable=variable,
+            )
 
 
 def epoch_seconds(tvar: Any, path: str) -> tuple[np.ndarray, str]:
@@ -236,6 +299,64 @@ def epoch_seconds(tvar: Any, path: str) -> tuple[np.ndarray, str]:
             variable=name,
         ) from err
     return seconds, calendar
+
+
+def wrf_times(tvar: Any, path: str) -> np.ndarray:
+    """WRF ``Times(Time, DateStrLen)`` strings as float64 seconds since 1970 (standard
+    calendar, as WRF writes without a calendar attribute); :class:`DataError` naming the
+    index of an unparsable string."""
+    from datetime import datetime
+
+    raw = read_values(tvar, path)
+    if raw.dtype.kind == "S" and raw.ndim == 2:  # characters, as WRF writes them
+        texts = [b"".join(row).decode("ascii", "replace") for row in np.ma.filled(raw, b"")]
+    elif raw.dtype.kind in "SUO" and raw.ndim == 1:  # joined strings (an _Encoding)
+        texts = [t.decode("ascii", "replace") if isinstance(t, bytes) else str(t) for t in raw]
+    else:
+        raise DataError(
+            f"has dtype {raw.dtype} and dimensions {tvar.dimensions}; WRF Times are "
+            "characters (Time, DateStrLen)",
+            path=path,
+            variable=tvar.name,
+        )
+    seconds = np.empty(len(texts), dtype=np.float64)
+    for i, text in enumerate(texts):
+        text = text.strip("\x00 ")
+        try:
+            when = datetime.strptime(text, WRF_TIME_FORMAT)
+        except ValueError:
+            raise DataError(
+                f"time {text!r} is not YYYY-MM-DD_HH:MM:SS",
+                path=path,
+                variable=tvar.name,
+                index=i,
+            ) from None
+        date = cftime.datetime(*when.timetuple()[:6], calendar="standard")
+        seconds[i] = cftime.date2num(date, EPOCH, "standard")
+    return seconds
+
+
+def time_variable(ds: Any, tdim: str) -> Any | None:
+    """The variable holding the times of dimension ``tdim``: its CF coordinate variable,
+    else WRF's ``Times(tdim, DateStrLen)``, else a 1-D variable with CF units (``XTIME``)."""
+    var = ds.variables.get(tdim)
+    if var is not None and var.dimensions == (tdim,):
+        return var
+    times = ds.variables.get("Times")
+    if times is not None and times.dimensions[:1] == (tdim,) and times.ndim <= 2:
+        return times
+    for var in ds.variables.values():
+        units = attributes(var).get("units", "") if var.dimensions == (tdim,) else ""
+        if isinstance(units, str) and "since" in units:
+            return var
+    return None
+
+
+def file_times(tvar: Any, path: str) -> tuple[np.ndarray, str]:
+    """Seconds since 1970 and calendar of a :func:`time_variable`."""
+    if tvar.name == "Times" and tvar.ndim in (1, 2):
+        return wrf_times(tvar, path), "standard"
+    return epoch_seconds(tvar, path)
 
 
 def format_time(seconds: float, calendar: str) -> str:

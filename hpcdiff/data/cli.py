@@ -18,6 +18,9 @@ examples:
   # a 2048 x 2048 grid over the Alps, 8x coarser condition, 256 x 256 chunks
   hpcdiff data synth --out data/alps --shape 2048 2048 --box 44 48.5 5 11 --chunk 256
 
+  # WRF output (NetCDF3, Times, XLAT/XLONG, staggered U/V) of a nest d02 in its parent d01
+  hpcdiff data synth --out data/wrf --format wrf
+
   # then look at it, and train with the config section it wrote
   hpcdiff data inspect data/synth/fine_000.nc
   cat data/synth/data.yaml
@@ -27,6 +30,8 @@ STATS_EXAMPLES = """\
 examples:
   hpcdiff data stats --config data/synth/data.yaml            # writes data.stats_file
   hpcdiff data stats data/era/*.nc --variables t2m tp --log1p tp -o stats.json
+  # WRF output as written: staggered U at the lowest model level, de-staggered
+  hpcdiff data stats wrfout_d02_* --variables T2 U --levels bottom_top=0 -o stats.json
 """
 
 INSPECT_EXAMPLES = """\
@@ -68,6 +73,7 @@ def run_synth(args: argparse.Namespace) -> int:
             complevel=args.complevel,
             significant_digits=args.significant_digits or None,
             seed=args.seed,
+            format=args.format,
         )
         t0 = time.perf_counter()
         write_dataset(cfg, log=print)
@@ -84,6 +90,7 @@ def run_synth(args: argparse.Namespace) -> int:
                     split="train",
                     chunk_mb=32,
                     workers=None,
+                    levels=[],
                 )
             )
     except (DataError, ConfigError, ValueError, OSError) as err:
@@ -111,6 +118,17 @@ def _stats_from_config(args: argparse.Namespace):
     return sources, cfg.log1p_variables, index, output
 
 
+def _levels(items: list[str]) -> dict[str, int]:
+    """``["bottom_top=0"]`` -> ``{"bottom_top": 0}`` (the --levels option)."""
+    out = {}
+    for item in items:
+        dim, _, index = item.partition("=")
+        if not dim or not index.strip().isdigit():
+            raise ValueError(f"--levels {item!r}: expected DIMENSION=INDEX, e.g. bottom_top=0")
+        out[dim] = int(index)
+    return out
+
+
 def run_stats(args: argparse.Namespace) -> int:
     from hpcdiff.data.reader import GridSource
     from hpcdiff.data.stats import compute_stats, write_stats
@@ -122,7 +140,8 @@ def run_stats(args: argparse.Namespace) -> int:
             if not args.paths or not args.variables or not args.output:
                 raise ValueError("give --config, or PATHS with --variables and -o OUT.json")
             group = "static" if args.static else "target"
-            source = GridSource(args.paths, args.variables, timed=not args.static, name=group)
+            source = GridSource(args.paths, args.variables, timed=not args.static, name=group,
+                                levels=_levels(args.levels))  # fmt: skip
             sources, log1p, index, output = {group: source}, args.log1p, None, args.output
         t0 = time.perf_counter()
         stats = compute_stats(
@@ -154,7 +173,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_synth(sub) -> None:
-    from hpcdiff.data.synth import DEFAULT_VARIABLES, VARIABLES
+    from hpcdiff.data.synth import DEFAULT_VARIABLES, FORMATS, VARIABLES
 
     p = sub.add_parser(
         "synth",
@@ -184,6 +203,13 @@ def _add_synth(sub) -> None:
     p.add_argument("--complevel", type=int, default=4, help="zlib level, 0 = uncompressed")
     p.add_argument("--significant-digits", type=int, default=3, help="0 = no quantization")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="netcdf4",
+        help="netcdf4 (chunked, zlib), netcdf3 (64-bit offset, contiguous) or wrf "
+        "(wrfout_d01/d02 files as WRF writes them) (default: %(default)s)",
+    )
     p.add_argument("--no-stats", action="store_true", help="skip stats.json")
     p.set_defaults(func=run_synth)
 
@@ -216,6 +242,13 @@ def register(subparsers) -> None:
     p.add_argument("--variables", nargs="+")
     p.add_argument("--log1p", nargs="+", default=[], help="variables to log1p-transform")
     p.add_argument("--static", action="store_true", help="the files hold static fields")
+    p.add_argument(
+        "--levels",
+        nargs="+",
+        default=[],
+        metavar="DIM=INDEX",
+        help="index read on extra dimensions, e.g. bottom_top=0 (as data.levels)",
+    )
     p.add_argument("--split", choices=("train", "valid", "all"), default="train")
     p.add_argument("--chunk-mb", type=int, default=32, help="dask chunk size (>= 16 advised)")
     p.add_argument("--workers", type=int, default=None, help="dask threads")

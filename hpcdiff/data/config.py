@@ -49,6 +49,9 @@ class DataConfig:
     static_variables: list[str] = field(default_factory=list)
     # Dimension names that override CF discovery; keys time, y, x (e.g. {y: rlat, x: rlon}).
     dims: dict[str, str] = field(default_factory=dict)
+    # Index read on each extra dimension of length > 1, e.g. {bottom_top: 0} for the lowest
+    # model level of WRF's U, V, T (every variable with that dimension reads that index).
+    levels: dict[str, int] = field(default_factory=dict)
     # [start, end] training times, inclusive: ISO date/time strings or YAML dates; a UTC
     # offset is converted to UTC (file times are UTC). null: every time in the files.
     train_time: tuple[Any, Any] | None = None
@@ -97,6 +100,11 @@ class DataConfig:
         bad = sorted(set(self.dims) - {"time", "y", "x"})
         if bad:
             raise ConfigError(f"config key 'data.dims.{bad[0]}' is unknown; use time, y or x")
+        for dim, index in self.levels.items():
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise ConfigError(
+                    f"config key 'data.levels.{dim}': expected an index >= 0, got {index!r}"
+                )
         known = set(self.variables) | set(self.condition_variables)
         for name in self.log1p_variables:
             if name not in known:

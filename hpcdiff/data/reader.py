@@ -27,15 +27,16 @@ import numpy as np
 
 from hpcdiff.data.cf import (
     READ_ERRORS,
-    GridDims,
-    attributes,
     discover_dims,
-    epoch_seconds,
+    file_times,
     format_time,
     parse_time,
     read_values,
+    time_variable,
 )
-from hpcdiff.data.errors import DataError, DataTypeError
+from hpcdiff.data.curvilinear import scan_grid
+from hpcdiff.data.decode import VarMeta, decode, destagger, var_meta
+from hpcdiff.data.errors import DataError
 from hpcdiff.data.tiles import Tile
 
 # netCDF-C is not thread-safe: every netCDF4 call in hpcdiff.data holds this lock. HDF5 still
@@ -68,7 +69,7 @@ class _Handles:
             ds.set_auto_maskandscale(False)
             try:
                 for var in ds.variables.values():
-                    if var.chunking() != "contiguous":
+                    if isinstance(var.chunking(), list):  # None (NetCDF3), 'contiguous'
                         var.set_var_chunk_cache(size=CHUNK_CACHE_BYTES)
             except READ_ERRORS as err:
                 ds.close()
@@ -105,121 +106,10 @@ def open_dataset(path: str) -> netCDF4.Dataset:
 
 
 @dataclass(frozen=True)
-class VarMeta:
-    """How to read and decode one variable of one file."""
-
-    dims: GridDims
-    dtype: str
-    fills: tuple[float | int, ...]  # in the stored dtype's range (ints for integer dtypes)
-    scale: float | None
-    offset: float | None
-    chunks: tuple[int, ...] | None  # HDF5 chunk shape in (time?, y, x) order; None if contiguous
-
-
-@dataclass(frozen=True)
 class FileMeta:
     path: str
     n_times: int
     variables: Mapping[str, VarMeta]
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _number(value: object, key: str, path: str, name: str, scalar: bool) -> np.ndarray:
-    """A numeric attribute as a 1-D array; :class:`DataError` for text, empty or non-scalars."""
-    arr = np.atleast_1d(np.asarray(value))
-    if arr.dtype.kind not in "fiu" or arr.size == 0 or (scalar and arr.size != 1):
-        what = "a single number" if scalar else "numbers"
-        raise DataError(f"attribute {key} = {value!r} is not {what}", path=path, variable=name)
-    return arr.reshape(-1)
-
-
-def _packing(attrs: Mapping, key: str, path: str, name: str) -> float | None:
-    """``scale_factor`` / ``add_offset`` as a finite float, or None when absent."""
-    if key not in attrs:
-        return None
-    value = float(_number(attrs[key], key, path, name, scalar=True)[0])
-    if not abs(value) <= _FLOAT32_MAX:  # also rejects NaN: fields are decoded to float32
-        raise DataError(
-            f"attribute {key} = {value} is not a finite float32 number", path=path, variable=name
-        )
-    return value
-
-
-def _fill_values(attrs: Mapping, dtype: np.dtype, path: str, name: str) -> tuple:
-    """``_FillValue``/``missing_value`` that stored values of ``dtype`` can equal, exactly.
-
-    Values ``dtype`` cannot hold (NaN or fractions for integers, out-of-range numbers) never
-    match a stored value, so they are dropped rather than cast to some value that could.
-    """
-    fills = [
-        v
-        for key in ("_FillValue", "missing_value")
-        if key in attrs
-        for v in _number(attrs[key], key, path, name, scalar=False).tolist()
-    ]
-    if not fills and dtype.kind == "f":
-        fills = [netCDF4.default_fillvals[dtype.str[1:]]]
-    kept: list[float | int] = []
-    for v in fills:
-        if dtype.kind in "iu":  # keep Python ints: int64 fills are not exact as float64
-            info = np.iinfo(dtype)
-            if isinstance(v, float) and not (np.isfinite(v) and v.is_integer()):
-                continue
-            if info.min <= int(v) <= info.max:
-                kept.append(int(v))
-        elif np.isfinite(v):
-            with np.errstate(over="ignore"):
-                stored = dtype.type(v)
-            if np.isfinite(stored):
-                kept.append(float(stored))
-    return tuple(kept)
-
-
-def _var_meta(ds: netCDF4.Dataset, path: str, name: str, dims: GridDims, timed: bool) -> VarMeta:
-    var = ds.variables[name]
-    dtype = np.dtype(var.dtype) if not isinstance(var.dtype, type) else np.dtype(object)
-    attrs = attributes(var, path)
-    numeric = dtype.kind in "fiu" and dtype.itemsize <= 8
-    packed = "scale_factor" in attrs or "add_offset" in attrs
-    if not numeric or (timed and dtype.kind in "iu" and not packed):
-        raise DataTypeError(
-            f"has dtype {dtype}; fields must be floating point or integers packed with "
-            "scale_factor/add_offset",
-            path=path,
-            variable=name,
-        )
-    scale = _packing(attrs, "scale_factor", path, name)
-    offset = _packing(attrs, "add_offset", path, name)
-    fills = _fill_values(attrs, dtype, path, name)
-    chunking = var.chunking()
-    chunks = None
-    if chunking != "contiguous":
-        by_dim = dict(zip(var.dimensions, chunking))
-        axes = (dims.time, dims.y, dims.x) if dims.time else (dims.y, dims.x)
-        chunks = tuple(int(by_dim[d]) for d in axes)
-    return VarMeta(dims, dtype.str, fills, scale, offset, chunks)
-
-
-def decode(raw: np.ndarray, meta: VarMeta) -> np.ndarray:
-    """Raw stored values -> float32 with NaN where ``_FillValue``/``missing_value``."""
-    missing = None
-    for fill in meta.fills:  # each is exactly representable in the stored dtype
-        hit = raw == np.asarray(fill, dtype=raw.dtype)
-        missing = hit if missing is None else missing | hit
-    if meta.scale is not None or meta.offset is not None:  # unpack in float64 like netCDF4
-        out = raw.astype(np.float64)
-        if meta.scale is not None:
-            out *= meta.scale
-        if meta.offset is not None:
-            out += meta.offset
-        out = out.astype(np.float32)
-    else:
-        out = raw.astype(np.float32, copy=raw.dtype != np.float32)
-    if missing is not None and missing.any():
-        out[missing] = np.nan
-    return out
 
 
 def _describe(key: tuple, order: tuple[str, ...]) -> str:
@@ -237,7 +127,8 @@ class GridSource:
     paths : files, in any order (they are sorted by their first time).
     variables : variable names that every file must hold on the same (H, W) grid.
     dims : overrides ``{'time'|'y'|'x': dimension name}`` for CF discovery.
-    timed : False for static fields (no time dimension).
+    timed : False for static fields (no time dimension, or read at the first time).
+    levels : ``{dimension: index}`` read on extra dimensions such as WRF's ``bottom_top``.
     name : what the grid is ('target', 'condition', 'static'), used in messages.
 
     ``on_read``, if set, is called as ``on_read(path, variable, key)`` before every netCDF4
@@ -253,6 +144,7 @@ class GridSource:
         dims: Mapping[str, str] | None = None,
         timed: bool = True,
         name: str = "target",
+        levels: Mapping[str, int] | None = None,
     ) -> None:
         if not paths:
             raise DataError(f"no {name} files given")
@@ -261,11 +153,13 @@ class GridSource:
         self.name, self.timed, self.variables = name, timed, list(variables)
         self.on_read: ReadHook | None = None
         self.calendar, self._calendar = "standard", None
+        self.levels = dict(levels or {})
         scans = [self._scan(str(p), dict(dims or {})) for p in paths]
         if timed:
             scans.sort(key=lambda s: s[1][0] if len(s[1]) else np.inf)
         self.files = [s[0] for s in scans]
         self.shape, self.y_coord, self.x_coord = scans[0][2], scans[0][3], scans[0][4]
+        self.grid = scan_grid(self.files[0], self.variables[0], self.shape)
         for scan in scans[1:]:
             self._check_same_grid(scan)
         self.times = self._check_times([s[1] for s in scans]) if timed else np.zeros(0)
@@ -293,9 +187,14 @@ class GridSource:
                     path=path,
                     variable=var,
                 )
-            dims = discover_dims(ds, var, overrides, timed=self.timed, path=path)
-            metas[var] = _var_meta(ds, path, var, dims, self.timed)
-            vshape = (ds.dimensions[dims.y].size, ds.dimensions[dims.x].size)
+            dims = discover_dims(
+                ds, var, overrides, timed=self.timed, path=path, levels=self.levels
+            )
+            metas[var] = var_meta(ds, path, var, dims, self.timed)
+            vshape = (
+                ds.dimensions[dims.y].size - (dims.stagger == "y"),
+                ds.dimensions[dims.x].size - (dims.stagger == "x"),
+            )
             if shape is not None and vshape != shape:
                 raise DataError(
                     f"grid {vshape} differs from {shape} of {self.variables[0]!r}",
@@ -308,19 +207,20 @@ class GridSource:
         first = metas[self.variables[0]].dims
         times = np.zeros(0)
         if self.timed:
-            tvar = ds.variables.get(first.time)
-            if tvar is None or tvar.dimensions != (first.time,):
+            tvar = time_variable(ds, first.time)
+            if tvar is None:
                 raise DataError(
-                    f"time dimension {first.time!r} has no 1-D coordinate variable",
+                    f"time dimension {first.time!r} has no 1-D coordinate variable "
+                    "(nor WRF Times / XTIME)",
                     path=path,
                     variable=self.variables[0],
                 )
-            times, calendar = epoch_seconds(tvar, path)
+            times, calendar = file_times(tvar, path)
             if self._calendar is not None and calendar != self._calendar:
                 raise DataError(
                     f"calendar {calendar!r} differs from {self._calendar!r}",
                     path=path,
-                    variable=first.time,
+                    variable=tvar.name,
                 )
             self._calendar = self.calendar = calendar
         n_times = ds.dimensions[first.time].size if self.timed else 0
@@ -401,10 +301,14 @@ class GridSource:
         vm = meta.variables[variable]
         window = window or Tile.full(self.shape)
         rows, cols = window.slices()
+        if vm.dims.stagger == "y":  # the mass rows [r0, r1) lie between staggered r0 .. r1
+            rows = slice(rows.start, rows.stop + 1)
+        elif vm.dims.stagger == "x":
+            cols = slice(cols.start, cols.stop + 1)
         sel = {vm.dims.y: rows, vm.dims.x: cols}
         if vm.dims.time is not None:
             sel[vm.dims.time] = times
-        key = tuple(sel.get(d, 0) for d in vm.dims.order)
+        key = tuple(sel.get(d, self.levels.get(d, 0)) for d in vm.dims.order)
         if self.on_read is not None:
             self.on_read(meta.path, variable, key)
         with NC_LOCK:
@@ -431,7 +335,7 @@ class GridSource:
         wanted = [d for d in (vm.dims.time, vm.dims.y, vm.dims.x) if d in kept]
         if kept != wanted:
             raw = np.transpose(raw, [kept.index(d) for d in wanted])
-        return decode(raw, vm)
+        return destagger(decode(raw, vm), vm.dims.stagger)
 
     def read(self, variable: str, t: int, window: Tile | None = None) -> np.ndarray:
         """Decoded ``(h, w)`` float32 window of ``variable`` at global time index ``t``."""

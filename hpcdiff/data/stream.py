@@ -32,7 +32,7 @@ from hpcdiff.data.normalize import Normalizer
 from hpcdiff.data.plan import WindowPlan, window_shape
 from hpcdiff.data.prefetch import ProcessPrefetcher, ThreadPrefetcher
 from hpcdiff.data.reader import GridSource
-from hpcdiff.data.regrid import Regridder
+from hpcdiff.data.regrid import regridder_for
 from hpcdiff.data.sampler import TimeSampler
 from hpcdiff.data.tiles import Tile
 
@@ -41,18 +41,27 @@ def open_sources(cfg: DataConfig) -> dict[str, GridSource]:
     """The target, condition and static grids of ``cfg``, validated (files opened once)."""
     out = {
         "target": GridSource(
-            resolve_files(cfg.files, "files"), cfg.variables, dims=cfg.dims, name="target"
+            resolve_files(cfg.files, "files"),
+            cfg.variables,
+            dims=cfg.dims,
+            name="target",
+            levels=cfg.levels,
         )
     }
     if cfg.condition_files:
         paths = resolve_files(cfg.condition_files, "condition_files")
         out["condition"] = GridSource(
-            paths, cfg.condition_variables, dims=cfg.dims, name="condition"
+            paths, cfg.condition_variables, dims=cfg.dims, name="condition", levels=cfg.levels
         )
     if cfg.static_files:
         paths = resolve_files(cfg.static_files, "static_files")
         out["static"] = GridSource(
-            paths, cfg.static_variables, dims=cfg.dims, timed=False, name="static"
+            paths,
+            cfg.static_variables,
+            dims=cfg.dims,
+            timed=False,
+            name="static",
+            levels=cfg.levels,
         )
     return out
 
@@ -157,14 +166,7 @@ class DataStream:
                 cond,
                 Normalizer.from_file(stats, "condition", cfg.condition_variables, log1p),
                 condition_time_map(target, cond, indices),
-                Regridder(
-                    target.y_coord,
-                    target.x_coord,
-                    cond.y_coord,
-                    cond.x_coord,
-                    target.shape,
-                    cond.shape,
-                ),
+                regridder_for(target, cond, self.region),
             )
         if "static" in src:
             static = src["static"]

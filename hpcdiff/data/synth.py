@@ -16,6 +16,10 @@
 Every field is generated one band of chunk rows at a time (see :mod:`hpcdiff.data.fields`),
 so grids up to 8192 x 8192 never sit in memory. Variables are zlib-compressed with shuffle
 and chunked ``(1, chunk, chunk)`` like real archives; the output depends only on the seed.
+
+``format`` picks the storage: ``netcdf4`` (above), ``netcdf3`` (the same CF files in the
+NetCDF3 64-bit offset format: no chunks, no compression, as legacy archives come) or ``wrf``
+(WRF output as WRF writes it, see :mod:`hpcdiff.data.synth_wrf`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ VARIABLES = {
 DEFAULT_VARIABLES = ("t2m", "u10", "v10", "tp")
 FILL = np.float32(1.0e20)
 LAPSE_RATE = 6.5e-3  # K / m
+FORMATS = ("netcdf4", "netcdf3", "wrf")
 
 
 @dataclass
@@ -59,6 +64,7 @@ class SynthConfig:
     complevel: int = 4
     significant_digits: int | None = 3
     seed: int = 0
+    format: str = "netcdf4"  # netcdf4 | netcdf3 (64-bit offset) | wrf
     fields: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +84,10 @@ class SynthConfig:
         if not (-90 <= south < north <= 90 and -180 <= west < east <= 180):
             raise ValueError(f"box must be (south, north, west, east) in degrees, got {self.box}")
         self.chunk = min(self.chunk, ny, nx)
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format == "wrf" and "sst" in self.variables:
+            raise ValueError("sst has no WRF output counterpart; leave it out with --format wrf")
 
 
 def _coords(cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -106,16 +116,17 @@ def _fields(cfg: SynthConfig) -> dict[str, SpectralField]:
     }
 
 
-def _land_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """(h, W) float32 land (1) / sea (0) for latitudes ``lat`` and longitudes ``lon``."""
+def land_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """(h, W) float32 land (1) / sea (0) at broadcastable latitudes and longitudes."""
     from global_land_mask import globe  # loads a ~1 GB global 1 km mask on first import
 
-    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+    lat2, lon2 = np.broadcast_arrays(lat, lon)
     return globe.is_land(lat2, lon2).astype(np.float32)
 
 
-def _static_block(cfg, fields, lat, lon, rows: slice) -> dict[str, np.ndarray]:
-    lsm = _land_mask(lat[rows], lon)
+def static_block(cfg, fields, lat, lon, rows: slice) -> dict[str, np.ndarray]:
+    """Orography and land-sea mask on ``rows``; ``lat``/``lon`` broadcast to (h, W) there."""
+    lsm = land_mask(lat, lon)
     relief = fields["orography"].block(rows, cfg.shape[1], 0.0)
     orog = lsm * 400.0 * np.log1p(np.exp(1.5 * relief))  # smooth, positive, ~0-1500 m
     return {"orography": orog.astype(np.float32), "lsm": lsm}
@@ -128,12 +139,13 @@ def _psi_scale(cfg: SynthConfig, psi: SpectralField) -> float:
 
 
 def field_block(cfg, fields, name, lat, lon, rows, hours, static) -> np.ndarray:
-    """Values of variable ``name`` on ``rows`` (all columns) at ``hours`` since the start."""
+    """Values of variable ``name`` on ``rows`` (all columns) at ``hours`` since the start;
+    ``lat``/``lon`` are the coordinates of those rows, broadcastable to (h, W)."""
     nx = cfg.shape[1]
-    lat_r = lat[rows][:, None]
+    lat_r, lon = lat, lon
     if name == "t2m" or name == "sst":
         utc = (hours * 1.0 + _start_hour(cfg)) % 24
-        solar = (utc + lon[None, :] / 15.0) % 24
+        solar = (utc + lon / 15.0) % 24
         diurnal = np.cos(2 * np.pi * (solar - 15.0) / 24.0)
         land = static["lsm"]
         base = 290.0 - 0.6 * (lat_r - 45.0) + 2.0 * fields["anomaly"].block(rows, nx, hours)
@@ -161,7 +173,8 @@ def _start_hour(cfg: SynthConfig) -> float:
 
 def _create(path: Path, cfg: SynthConfig, lat, lon, names, hours=None) -> netCDF4.Dataset:
     """A new CF file with (time,) lat, lon coordinates and empty chunked variables ``names``."""
-    ds = netCDF4.Dataset(path, "w", format="NETCDF4")
+    nc4 = cfg.format == "netcdf4"
+    ds = netCDF4.Dataset(path, "w", format="NETCDF4" if nc4 else "NETCDF3_64BIT_OFFSET")
     ds.setncatts(
         {
             "Conventions": "CF-1.8",
@@ -188,17 +201,14 @@ def _create(path: Path, cfg: SynthConfig, lat, lon, names, hours=None) -> netCDF
     chunks = (c, c) if hours is None else (1, c, c)
     for name in names:
         std, units, long_name = _ATTRS[name]
-        v = ds.createVariable(
-            name,
-            "f4",
-            dims,
+        storage = dict(
             zlib=cfg.complevel > 0,
             complevel=max(cfg.complevel, 1),
             shuffle=True,
             chunksizes=chunks,
-            fill_value=FILL,
             significant_digits=cfg.significant_digits if hours is not None else None,
         )
+        v = ds.createVariable(name, "f4", dims, fill_value=FILL, **(storage if nc4 else {}))
         v.setncatts({"standard_name": std, "units": units, "long_name": long_name})
     return ds
 
@@ -232,7 +242,8 @@ def _write_static(cfg: SynthConfig, fields, lat, lon, out: Path) -> Path:
     try:
         for r0 in range(0, cfg.shape[0], _band(cfg)):
             rows = slice(r0, min(r0 + _band(cfg), cfg.shape[0]))
-            for name, values in _static_block(cfg, fields, lat, lon, rows).items():
+            block = static_block(cfg, fields, lat[rows][:, None], lon[None, :], rows)
+            for name, values in block.items():
                 ds[name][rows, :] = values
     finally:
         ds.close()
@@ -253,7 +264,9 @@ def _write_times(cfg, fields, lat, lon, static_path: Path, fine_path, coarse_pat
                 st = {k: np.asarray(static[k][rows, :], np.float64) for k in ("lsm", "orography")}
                 crows = slice(rows.start // f, rows.stop // f)
                 for name in cfg.variables:
-                    block = field_block(cfg, fields, name, lat, lon, rows, h, st)
+                    block = field_block(
+                        cfg, fields, name, lat[rows][:, None], lon[None, :], rows, h, st
+                    )
                     fine[name][t_local, rows, :] = block.astype(np.float32)
                     coarse[name][t_local, crows, :] = block_mean(block, f).astype(np.float32)
     finally:
@@ -263,6 +276,10 @@ def _write_times(cfg, fields, lat, lon, static_path: Path, fine_path, coarse_pat
 
 def write_dataset(cfg: SynthConfig, log=None) -> dict[str, list[str]]:
     """Write the dataset described by ``cfg``; returns ``{'fine', 'coarse', 'static': paths}``."""
+    if cfg.format == "wrf":
+        from hpcdiff.data.synth_wrf import write_wrf
+
+        return write_wrf(cfg, log)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lat, lon = _coords(cfg)

@@ -65,7 +65,7 @@ class SamplesFile:
                 )
         self._layouts = layouts
         for var in self.ds.variables.values():  # chunks are read once: no 64 MiB cache each
-            if var.ndim and var.chunking() != "contiguous":
+            if var.ndim and isinstance(var.chunking(), list):  # not NetCDF3, not contiguous
                 var.set_var_chunk_cache(size=CHUNK_CACHE_BYTES)
         self.members, self.n_times, self.shape = first[1], first[2], first[3]
         self.times, self.calendar = self._times(first[0])
@@ -157,7 +157,11 @@ class FileTruth:
     themselves samples files), matched to the samples' times."""
 
     def __init__(
-        self, paths: Sequence[str], samples: SamplesFile, dims: dict | None = None
+        self,
+        paths: Sequence[str],
+        samples: SamplesFile,
+        dims: dict | None = None,
+        levels: dict | None = None,
     ) -> None:
         paths = [p for pattern in paths for p in sorted(glob.glob(str(pattern))) or [pattern]]
         first = open_dataset(str(paths[0]))
@@ -166,7 +170,9 @@ class FileTruth:
         finally:
             first.close()
         self.names = {v: f"{v}_truth" if has else v for v in samples.variables}
-        self.source = GridSource(paths, list(self.names.values()), dims=dims, name="truth")
+        self.source = GridSource(
+            paths, list(self.names.values()), dims=dims, name="truth", levels=levels
+        )
         self.description = ", ".join(map(str, paths))
         if tuple(self.source.shape) != samples.shape:
             raise DataError(

@@ -1,14 +1,26 @@
-"""PNG plots of an evaluation (matplotlib, Agg backend): maps, spectra, rank histograms, losses."""
+"""PNG plots of an evaluation (matplotlib, Agg backend): maps, spectra, rank histograms, losses.
+
+Maps are drawn on the grid's index space (rows up), or, when the samples file names 2-D
+latitude/longitude coordinates (WRF ``XLAT``/``XLONG``, CF curvilinear grids), as cells placed
+at their longitude/latitude (``pcolormesh``, no map projection or coastlines). 2-D coordinates
+that cannot be used (missing values, another shape) are reported in one log line and the map
+falls back to index space.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 MAX_MAP_PIXELS = 1024  # maps are subsampled to at most this many pixels per side
+log = logging.getLogger(__name__)
+_LAT_UNITS = ("degrees_north", "degree_north", "degree_n", "degrees_n")
+_LON_UNITS = ("degrees_east", "degree_east", "degree_e", "degrees_e")
 
 
 def _pyplot():
@@ -20,12 +32,53 @@ def _pyplot():
     return plt
 
 
+def map_step(shape) -> int:
+    """Subsampling step of maps of a grid of ``shape``: at most MAX_MAP_PIXELS per side."""
+    return max(1, math.ceil(max(shape) / MAX_MAP_PIXELS))
+
+
+def _coord_kind(var: Any) -> str | None:
+    std = str(getattr(var, "standard_name", "")).lower()
+    units = str(getattr(var, "units", "")).lower().replace(" ", "")
+    if std == "latitude" or units in _LAT_UNITS:
+        return "lat"
+    if std == "longitude" or units in _LON_UNITS:
+        return "lon"
+    return None
+
+
+def map_coords(nc: Any, variable: str, step: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """2-D (lat, lon) every ``step`` cells of the coordinates that ``variable`` names in the
+    open netCDF4 dataset ``nc``, or None (rectilinear grid, or unusable coordinates: logged)."""
+    var = nc[variable]
+    ydim, xdim = var.dimensions[-2:]
+    found = {}
+    for name in str(getattr(var, "coordinates", "")).split():
+        c = nc.variables.get(name)
+        if c is not None and c.ndim == 2 and _coord_kind(c) is not None:
+            found.setdefault(_coord_kind(c), c)
+    if len(found) < 2:
+        return None
+    lat, lon = found["lat"], found["lon"]
+    if lat.dimensions != (ydim, xdim) or lon.dimensions != (ydim, xdim):
+        log.warning("%s: 2-D coordinates %s/%s are not on (%s, %s); map drawn on grid indices",
+                    variable, lat.name, lon.name, ydim, xdim)  # fmt: skip
+        return None
+    values = [np.ma.filled(np.ma.asarray(c[::step, ::step], dtype=np.float64), np.nan)
+              for c in (lat, lon)]  # fmt: skip
+    if not all(np.isfinite(v).all() for v in values):
+        log.warning("%s: 2-D coordinates %s/%s have missing values; map drawn on grid indices",
+                    variable, lat.name, lon.name)  # fmt: skip
+        return None
+    return values[0], values[1]
+
+
 def map_panels(
     ens: np.ndarray, truth: np.ndarray, members: int = 3
 ) -> list[tuple[str, np.ndarray]]:
     """(title, field) panels of one time step: truth, the first ``members`` members, ensemble
     mean and std (ddof 0), subsampled to at most :data:`MAX_MAP_PIXELS` per side."""
-    step = max(1, math.ceil(max(truth.shape) / MAX_MAP_PIXELS))
+    step = map_step(truth.shape)
     ens, truth = ens[:, ::step, ::step], truth[::step, ::step]  # (M, h, w), (h, w)
     panels = [("truth", truth)]
     panels += [(f"member {m}", ens[m]) for m in range(min(members, ens.shape[0]))]
@@ -33,21 +86,29 @@ def map_panels(
     return panels
 
 
-def plot_maps(path: Path, name: str, time: str, panels: list[tuple[str, np.ndarray]]) -> Path:
-    """Side-by-side maps; all but the std share the truth's 1-99 % colour range."""
+def plot_maps(path: Path, name: str, time: str, panels: list[tuple[str, np.ndarray]],
+              coords: tuple[np.ndarray, np.ndarray] | None = None) -> Path:  # fmt: skip
+    """Side-by-side maps; all but the std share the truth's 1-99 % colour range. ``coords``:
+    2-D (lat, lon) of the panels' cells (:func:`map_coords`) to draw them at their place."""
     plt = _pyplot()
     truth = panels[0][1]
     finite = truth[np.isfinite(truth)]
     lo, hi = np.percentile(finite, [1, 99]) if finite.size else (None, None)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, field) in zip(axes[0], panels):
-        if title == "ensemble std":
-            im = ax.imshow(field, origin="lower", cmap="magma")
+        style = {"cmap": "magma"} if title == "ensemble std" else {
+            "cmap": "viridis", "vmin": lo, "vmax": hi}  # fmt: skip
+        if coords is not None and coords[0].shape == field.shape:
+            lat, lon = coords
+            im = ax.pcolormesh(lon, lat, field, shading="nearest", **style)
+            ax.set_aspect(1.0 / max(math.cos(math.radians(float(np.mean(lat)))), 0.1))
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("longitude", fontsize=8)
         else:
-            im = ax.imshow(field, origin="lower", cmap="viridis", vmin=lo, vmax=hi)
+            im = ax.imshow(field, origin="lower", **style)
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.set_title(f"{name}: {title}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(f"{name} at {time}", fontsize=10)
     fig.tight_layout()

@@ -60,6 +60,7 @@ class Fallbacks:
     truth_files: list[str] = field(default_factory=list)
     truth_dims: dict = field(default_factory=dict)
     patch_grid: PatchGrid | None = None
+    truth_levels: dict = field(default_factory=dict)  # data.levels (WRF bottom_top, ...)
 
 
 def _file_patch_grid(samples: SamplesFile) -> PatchGrid | None:
@@ -73,10 +74,12 @@ def _file_patch_grid(samples: SamplesFile) -> PatchGrid | None:
 
 def _truth(samples: SamplesFile, truth: Sequence[str] | None, fallbacks: Fallbacks):
     if truth:
-        return FileTruth(truth, samples)
+        return FileTruth(truth, samples, levels=fallbacks.truth_levels)
     in_file = all(samples.has_truth(v) for v in samples.variables)
     if not in_file and fallbacks.truth_files:
-        return FileTruth(fallbacks.truth_files, samples, fallbacks.truth_dims)
+        return FileTruth(
+            fallbacks.truth_files, samples, fallbacks.truth_dims, fallbacks.truth_levels
+        )
     return InFileTruth(samples)
 
 
@@ -123,8 +126,9 @@ def evaluate(
                 acc.update(ens, y, samples.label(t))
                 if t == 0 and make_plots:
                     panels = plots.map_panels(ens, y)
+                    where = plots.map_coords(samples.ds, name, plots.map_step(y.shape))
                     maps.append(plots.plot_maps(out_dir / f"maps_{name}.png", name,
-                                                samples.label(0), panels))  # fmt: skip
+                                                samples.label(0), panels, where))  # fmt: skip
             scores[name] = acc.result()
         result = {
             "samples": str(samples_path),
@@ -181,6 +185,7 @@ def evaluate_run(
         list(cfg.data.files),
         dict(cfg.data.dims),
         PatchGrid(tuple(cfg.data.patch_shape), cfg.sample.overlap_pix, cfg.sample.boundary_pix),
+        dict(cfg.data.levels),
     )
     return evaluate(
         samples if samples is not None else latest_samples(run_dir),

@@ -4,6 +4,11 @@ No rank ever holds the global field: rank 0 lays the file out from the first tar
 (dimension names, the time / y / x coordinates and auxiliary coordinates with their
 attributes, each variable's attributes), then the ranks write their tiles in turn. Variables
 are not pre-filled (``set_fill_off``): every cell is written by exactly one rank.
+
+Curvilinear inputs (WRF ``XLAT``/``XLONG``, CF 2-D coordinates) get their 2-D latitude and
+longitude written on the (y, x) mass grid at the first time, named by every variable's
+``coordinates``; WRF projection attributes (``MAP_PROJ``, ``TRUELAT1``, ...) are copied as
+global attributes. Staggered WRF variables are written on the mass grid (de-staggered on read).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from hpcdiff.data.tiles import Tile
 # Encoding attributes of the input that do not describe the decoded float32 values written
 # (and every reserved "_..." attribute: fill value, quantization, storage).
 NOT_COPIED = {"missing_value", "scale_factor", "add_offset", "valid_range", "valid_min",
-              "valid_max", "actual_range"}  # fmt: skip
+              "valid_max", "actual_range", "stagger", "MemoryOrder"}  # fmt: skip
 CHUNK = 256  # spatial chunk edge of the written variables
 BAND = 1024  # rows per read / write when copying 2-D auxiliary coordinates
 
@@ -93,34 +98,58 @@ class SamplesFile:
         first = self.source.files[0]
         dims = first.variables[self.variables[0]].dims  # names in the input
         tdim = dims.time or "time"
+        ydim, xdim = dims.mass  # WRF staggered variables are written on mass points
         H, W = self.shape
         with netCDF4.Dataset(first.path) as src, netCDF4.Dataset(self._tmp, "w") as nc:
             nc.set_fill_off()
             now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            nc.setncatts({"Conventions": "CF-1.8", "title": "hpcdiff generated ensemble",
+            grid = getattr(self.source, "grid", None)
+            nc.setncatts({**(grid.projection if grid is not None else {}),
+                          "Conventions": "CF-1.8", "title": "hpcdiff generated ensemble",
                           "source": f"hpcdiff sample; target files like {Path(first.path).name}",
                           "history": f"{now} hpcdiff sample"})  # fmt: skip
-            for name, size in (("member", ensemble), (tdim, len(times)), (dims.y, H), (dims.x, W)):
+            for name, size in (("member", ensemble), (tdim, len(times)), (ydim, H), (xdim, W)):
                 nc.createDimension(name, size)
             member = nc.createVariable("member", "i4", ("member",))
             member.setncatts({"standard_name": "realization", "long_name": "ensemble member"})
             member[:] = np.arange(ensemble)
             self._time(src, nc, tdim, times)
-            for axis, dim in (("Y", dims.y), ("X", dims.x)):
+            for axis, dim in (("Y", ydim), ("X", xdim)):
                 if dim in src.variables:
                     self._copy(src, nc, dim)
                 else:
                     self._index(nc, dim, axis)
-            for name in self._auxiliary(src, {dims.y, dims.x}):
-                self._copy(src, nc, name)
-            self._variables(src, nc, (tdim, dims.y, dims.x))
+            coords2d = self._coords2d(src, nc, grid, (ydim, xdim))
+            for name in self._auxiliary(src, {ydim, xdim}):
+                if name not in coords2d:
+                    self._copy(src, nc, name)
+            self._variables(src, nc, (tdim, ydim, xdim), coords2d)
 
-    def _variables(self, src: Any, nc: Any, dims: tuple[str, str, str]) -> None:
+    @staticmethod
+    def _coords2d(src: Any, nc: Any, grid: Any, dims: tuple[str, str]) -> list[str]:
+        """Write the 2-D latitude/longitude of a curvilinear input on ``dims`` (its first
+        time, in row bands); returns their names (empty for rectilinear inputs)."""
+        if grid is None or not grid.curvilinear:
+            return []
+        for name, std, units in ((grid.lat, "latitude", "degrees_north"),
+                                 (grid.lon, "longitude", "degrees_east")):  # fmt: skip
+            var = src[name]
+            out = nc.createVariable(name, "f8" if var.dtype == np.float64 else "f4", dims)
+            out.setncatts({**_attrs(var), "standard_name": std, "units": units})
+            lead = (0,) * (var.ndim - 2)
+            for r in range(0, var.shape[-2], BAND):
+                out[r : r + BAND] = var[(*lead, slice(r, r + BAND), slice(None))]
+        return [grid.lat, grid.lon]
+
+    def _variables(self, src: Any, nc: Any, dims: tuple[str, str, str],
+                   coords2d: Sequence[str] = ()) -> None:  # fmt: skip
         """Unfilled float32 variables ``v`` (member, time, y, x) and ``v_truth`` (time, y, x)
         with the input variable's attributes; NaN marks missing truth."""
         chunks = tuple(min(n, CHUNK) for n in self.shape)
         for name in self.variables:
             attrs = _attrs(src[name])
+            if coords2d:  # the input's may name staggered or time coordinates not written
+                attrs["coordinates"] = " ".join(coords2d)
             v = nc.createVariable(
                 name, "f4", ("member", *dims), zlib=True, chunksizes=(1, 1, *chunks)
             )
@@ -191,17 +220,19 @@ def plot_file(path: Path, out_dir: Path, variables: list[str], pixels: int = 102
     import netCDF4
 
     from hpcdiff.data.cf import epoch_seconds, format_time
-    from hpcdiff.evaluate.plots import map_panels, plot_maps
+    from hpcdiff.evaluate.plots import map_coords, map_panels, plot_maps
 
     paths = []
     with netCDF4.Dataset(path) as nc:
         H, W = nc[variables[0]].shape[-2:]
         s = max(1, math.ceil(max(H, W) / pixels))
-        seconds, calendar = epoch_seconds(nc["time"], str(path))
+        tdim = nc[variables[0]].dimensions[1]
+        seconds, calendar = epoch_seconds(nc[tdim], str(path))
         time = format_time(seconds[0], calendar)
+        coords = map_coords(nc, variables[0], s)
         for name in variables:
             ens = np.ma.filled(nc[name][:, 0, ::s, ::s].astype(np.float32), np.nan)
             truth = np.ma.filled(nc[f"{name}_truth"][0, ::s, ::s].astype(np.float32), np.nan)
             panels = map_panels(ens, truth, members=2)
-            paths.append(plot_maps(out_dir / f"{name}.png", name, time, panels))
+            paths.append(plot_maps(out_dir / f"{name}.png", name, time, panels, coords))
     return paths
