@@ -25,6 +25,12 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+
+def print_error(command: str, message: object) -> None:
+    """The one error format of every command: ``hpcdiff COMMAND: error: MESSAGE`` on stderr."""
+    print(f"hpcdiff {command}: error: {message}", file=sys.stderr, flush=True)
+
+
 # Modules offering subcommands; each is imported only when the parser is built.
 _COMMAND_MODULES = (
     "hpcdiff.train.cli",
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(err, (ConfigError, DataError)):
             raise
-        print(f"hpcdiff {args.command}: error: {err}", file=sys.stderr)
+        print_error(args.command, err)
         return EXIT_USAGE
 
 
