@@ -4,7 +4,9 @@ Warns when the storage layout will make window reads slow and says how to rechun
 contiguous storage (a window read touches whole rows), chunks spanning several time steps
 (a random time step decodes all of them), chunks under 16 KiB (per-chunk overhead dominates)
 or over 16 MiB (every patch decodes at least that much), and grid dimensions without CF
-``axis``/``standard_name`` attributes.
+``axis``/``standard_name`` attributes. A layout warning is given only when the suggested
+chunking differs from the file's: a small field stored one time step per chunk is as good as
+it gets.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def _warnings(ds: netCDF4.Dataset, path: str, name: str, patch: Sequence[int]) -
         good[d] = min(int(p), ds.dimensions[d].size)
     spec = ",".join(f"{d}/{good[d]}" for d in dims)
     fix = f"rechunk: nccopy -c {spec} -d 1 -s {os.path.basename(path)} out.nc"
+    if chunks != "contiguous" and tuple(chunks) == tuple(good[d] for d in dims):
+        return out  # already the layout the fix would write: rechunking cannot help
     if chunks == "contiguous":
         out.append(f"{name}: stored contiguously, every window read spans whole rows; {fix}")
         return out
