@@ -19,8 +19,9 @@ EXAMPLES = """examples:
 
 Rerunning the same command resumes from the newest verified checkpoint
 (checkpoint.resume: latest); a run that already reached run.steps trains nothing and says so
-in one line (exit code 0). model.init_from=FILE.mdlus starts a new run from the weights of an
-hpcdiff or PhysicsNeMo .mdlus. Exit code 2: invalid config or input data (nothing was run).
+in one line (exit code 0). model.init_from=FILE.mdlus starts a new run from the weights of a
+.mdlus file (hpcdiff's or PhysicsNeMo's). Exit code 2: invalid config or input data (nothing
+was run).
 """
 
 
