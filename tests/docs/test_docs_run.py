@@ -72,7 +72,7 @@ def test_scaling_divides_every_step_count():
     )
     assert scale_command("run.val_every=0 run.steps=3") == "run.val_every=0 run.steps=1"
     cfg = scaled_config("dit_zero2.yaml", {"run": {"steps": 2000}, "model": {"args": {}}})
-    assert cfg["run"]["steps"] == 40 and cfg["model"]["args"]["depth"] == 1
+    assert cfg["run"]["steps"] == 4 and cfg["model"]["args"]["depth"] == 1
     assert cfg["data"]["batch_size"] == 1
 
 
