@@ -18,11 +18,12 @@ COUNTS: dict[str, tuple[int, int]] = {}  # page -> (blocks executed, blocks chec
 
 @pytest.fixture(scope="session")
 def quickstart_state(tmp_path_factory):
-    """A scratch directory after `make quickstart` (scaled): data/quickstart and a trained,
-    sampled and evaluated runs/quickstart."""
+    """A scratch directory after `make quickstart` (the README's and quickstart.md's first
+    command, run here once for every page, scaled): data/quickstart and a trained, sampled and
+    evaluated runs/quickstart."""
     work = make_scratch(tmp_path_factory.mktemp("docs") / "quickstart")
     out = subprocess.run(
-        ["bash", "scripts/quickstart.sh"], cwd=work, env=shell_env(work),
+        ["make", "quickstart"], cwd=work, env=shell_env(work),
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, f"quickstart failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
