@@ -118,8 +118,7 @@ def make_scratch(work: Path) -> Path:
     for name in LINKED:
         if not (work / name).exists():
             (work / name).symlink_to(ROOT / name)
-    if not (work / ".venv").exists():
-        (work / ".venv").symlink_to(BIN.parent)
+    _venv_view(work / ".venv")
     (work / "configs").mkdir(exist_ok=True)
     for path in sorted((ROOT / "configs").iterdir()):
         if path.suffix == ".yaml":
@@ -131,13 +130,23 @@ def make_scratch(work: Path) -> Path:
     return work
 
 
+def _venv_view(venv: Path) -> None:
+    """``.venv`` for the Makefile: links to every entry of the suite's own venv plus a fresh
+    ``.installed`` stamp, so ``make quickstart`` finds the venv built and never runs pip (which
+    would install into the shared venv)."""
+    venv.mkdir(exist_ok=True)
+    for entry in BIN.parent.iterdir():
+        if entry.name != ".installed" and not (venv / entry.name).exists():
+            (venv / entry.name).symlink_to(entry)
+    (venv / ".installed").touch()
+
+
 def shell_env(work: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=str(ROOT),
         OMP_NUM_THREADS="1",
-        MAKEFLAGS="-o .venv/.installed",  # the venv is the suite's own: never rebuild it here
         HOME=env.get("HOME", str(work)),
     )
     return env

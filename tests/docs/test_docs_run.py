@@ -3,6 +3,7 @@ profiling/README.md runs, in page order, in a scratch directory (tests/docs/docs
 pages mark blocks that can only be checked, and how CI scales the commands down)."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,6 @@ def test_scratch_has_scaled_configs(tmp_path):
     work = make_scratch(tmp_path / "w")
     text = (work / "configs" / "quickstart.yaml").read_text()
     assert "steps: 6" in text and (work / "launchers" / "torchrun.sh").is_file()
+    # make finds the venv built: it would otherwise pip-install into the suite's own venv
+    out = subprocess.run(["make", "-n", "quickstart"], cwd=work, capture_output=True, text=True)
+    assert out.returncode == 0 and "pip" not in out.stdout and "quickstart.sh" in out.stdout
