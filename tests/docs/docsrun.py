@@ -27,13 +27,17 @@ rank. A reader sees the real commands; CI runs the same text on the scaled confi
 from __future__ import annotations
 
 import fnmatch
+import io
+import json
 import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +51,7 @@ BIN = Path(sys.executable).parent
 SCALE = yaml.safe_load((Path(__file__).with_name("scale.yaml")).read_text())
 SHELL_LANGUAGES = ("bash", "sh", "shell")
 LINKED = ("launchers", "profiling", "scripts", "Makefile", "requirements", "setup.py")
+COUNTS: dict[str, tuple[int, int]] = {}  # page -> (blocks executed, blocks checked only)
 STEP_KEYS = ("run.steps", "checkpoint.every_steps", "run.val_every", "optim.warmup_steps")
 
 
@@ -359,3 +364,33 @@ def run_page(path: Path, work: Path) -> Page:
     if page.pending_check or page.pending_replace:
         raise AssertionError(f"{path}: a docs-test directive at the end has no block")
     return page
+
+
+def copy_quickstart(src: Path, work: Path) -> None:
+    for name in ("data", "runs"):
+        shutil.copytree(src / name, work / name, symlinks=True)
+
+
+def write_physicsnemo_files(work: Path) -> None:
+    """corrdiff_diffusion.mdlus in PhysicsNeMo's layout (a small SongUNet with random weights)
+    and my_project/ with code written against physicsnemo.diffusion."""
+    import torch
+
+    from hpcdiff.models import SongUNet
+
+    torch.manual_seed(0)
+    net = SongUNet(img_resolution=16, in_channels=3, out_channels=2, model_channels=16,
+                   channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8])  # fmt: skip
+    blob = io.BytesIO()
+    torch.save(net.state_dict(), blob)
+    spec = {"__name__": "SongUNet", "__module__": "physicsnemo.models.diffusion_unets.song_unet",
+            "__args__": net.init_args}  # fmt: skip
+    with zipfile.ZipFile(work / "corrdiff_diffusion.mdlus", "w") as zf:
+        zf.writestr("args.json", json.dumps(spec))
+        zf.writestr("metadata.json", json.dumps({"physicsnemo_version": "2.2.2"}))
+        zf.writestr("model.pt", blob.getvalue())
+    (work / "my_project").mkdir()
+    (work / "my_project" / "sample.py").write_text(
+        "from physicsnemo.diffusion.samplers import sample\n"
+        "from physicsnemo.diffusion.noise_schedulers import EDMNoiseScheduler\n"
+    )

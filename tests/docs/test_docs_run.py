@@ -7,16 +7,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import COUNTS, copy_quickstart, write_physicsnemo_files
 from docsrun import (
+    COUNTS,
     ROOT,
     SHELL_LANGUAGES,
+    copy_quickstart,
     logical_lines,
     make_scratch,
     page_setup,
     run_page,
     scale_command,
     scaled_config,
+    write_physicsnemo_files,
 )
 
 PAGES = [
