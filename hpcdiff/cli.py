@@ -49,6 +49,12 @@ _COMMAND_MODULES = {
     "hpcdiff.config.cli": "config",
 }
 
+
+def print_error(command: str, message: object) -> None:
+    """The one error format of every command: ``hpcdiff COMMAND: error: MESSAGE`` on stderr."""
+    print(f"hpcdiff {command}: error: {message}", file=sys.stderr, flush=True)
+
+
 EPILOG = """examples:
   hpcdiff data synth --out data/quickstart --shape 128 128 --times 48 --files 2
   hpcdiff train --config configs/quickstart.yaml --dry-run
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as err:  # a package the command needs: say what to install
         if not err.name or err.name.split(".")[0] == "hpcdiff":
             raise
-        print(f"hpcdiff {args.command}: error: {_missing(err)}", file=sys.stderr)
+        print_error(args.command, _missing(err))
         return EXIT_USAGE
     except Exception as err:
         code = _exit_code(err)
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if logger.handlers:  # set up by the command: a file per rank
             logger.error("%s", err, exc_info=err, extra={"console": False})
         if code != EXIT_IO or os.environ.get("RANK", "0") == "0":
-            print(f"hpcdiff {args.command}: error: {err}", file=sys.stderr)
+            print_error(args.command, err)
         return code
 
 

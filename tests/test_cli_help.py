@@ -111,7 +111,8 @@ def test_top_level_help_and_python_dash_m(capsys):
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_every_command_in_the_docs_parses(doc):
-    blocks = re.findall(r"```(?:bash|sh|console|)\n(.*?)```", doc.read_text(), flags=re.S)
+    fences = re.findall(r"^```(\w*)\n(.*?)^```", doc.read_text(), flags=re.S | re.M)
+    blocks = [body for lang, body in fences if lang in ("bash", "sh", "console", "")]
     for cmd in hpcdiff_commands("\n".join(blocks)):
         check_command(cmd)
 

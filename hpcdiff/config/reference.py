@@ -38,8 +38,9 @@ An experiment is one YAML file with one section per component (see `configs/` fo
 examples). Every key has a default; `data.files` and `data.variables` must be set. Any key
 can be overridden on the command line as `section.key=value`, the value parsed as YAML:
 
+<!-- docs-test: setup quickstart -->
 ```bash
-hpcdiff train --config configs/quickstart.yaml optim.lr=1e-4 'sample.domain_grid=[2, 2]'
+hpcdiff train --config configs/quickstart.yaml --dry-run optim.lr=1e-4 'sample.window=cosine'
 hpcdiff config check --config configs/quickstart.yaml zero.stage=3   # validate, print resolved
 ```
 

@@ -143,6 +143,9 @@ class Module(torch.nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            # mkstemp creates 0600; give the file what open() would (0666 less the umask) so
+            # collaborators sharing a project directory can read it like the run's other files.
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
                 zf.writestr("args.json", json.dumps(spec, indent=1))
                 zf.writestr("metadata.json", json.dumps(meta))
@@ -219,6 +222,13 @@ class Module(torch.nn.Module):
         _REGISTRY[_qualified(new_cls)] = new_cls
         _REGISTRY[name] = new_cls
         return new_cls
+
+
+def _umask() -> int:
+    """The process umask (read by setting it, as the OS offers no getter; set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _read_checkpoint(path: str | os.PathLike, map_location) -> tuple[dict, dict]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from hpcdiff.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from hpcdiff.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, print_error
 from hpcdiff.config import ConfigError
 from hpcdiff.data.errors import DataError
 
@@ -51,7 +50,7 @@ examples:
 
 def _fail(command: str, err: BaseException) -> int:
     bad_input = isinstance(err, (DataError, ConfigError, ValueError, TypeError, KeyError))
-    print(f"hpcdiff data {command}: error: {err}", file=sys.stderr)
+    print_error(f"data {command}", err)
     return EXIT_USAGE if bad_input else EXIT_FAILURE
 
 

@@ -8,6 +8,8 @@ random time step decodes all of them), chunks under 16 KiB (per-chunk overhead d
 over 16 MiB (every patch decodes at least that much), and grid dimensions that neither CF
 attributes nor known names (WRF's ``south_north``/``west_east``) identify. WRF files also get
 their time axis (``Times``/``XTIME``), 2-D coordinates and projection listed.
+A layout warning is given only when the suggested chunking differs from the file's: a small
+field stored one time step per chunk is as good as it gets.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def _warnings(ds: netCDF4.Dataset, path: str, name: str, patch: Sequence[int]) -
     fix = f"rechunk: nccopy -c {spec} -d 1 -s {shlex.quote(os.path.basename(path))} out.nc"
     if chunks is None:  # NetCDF3: one warning for the whole file (_netcdf3_warning)
         return out
+    if chunks != "contiguous" and tuple(chunks) == tuple(good[d] for d in dims):
+        return out  # already the layout the fix would write: rechunking cannot help
     if chunks == "contiguous":
         cost = _contiguous_cost(ds, var, grid, patch)
         if cost:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from hpcdiff.cli import EXIT_OK, EXIT_USAGE
+from hpcdiff.cli import EXIT_OK, EXIT_USAGE, print_error
 from hpcdiff.extras import require
 
 EXAMPLES = """examples:
@@ -34,10 +33,10 @@ def _run(args: argparse.Namespace) -> int:
     from hpcdiff.evaluate.run import PatchGrid, evaluate, evaluate_run
 
     if args.run_dir is None and args.samples is None:
-        print("hpcdiff evaluate: give a RUN_DIR or --samples FILE", file=sys.stderr)
+        print_error("evaluate", "give a RUN_DIR or --samples FILE")
         return EXIT_USAGE
     if args.patch_shape is None and (args.overlap_pix or args.boundary_pix):
-        print("hpcdiff evaluate: --overlap-pix/--boundary-pix need --patch-shape", file=sys.stderr)
+        print_error("evaluate", "--overlap-pix/--boundary-pix need --patch-shape")
         return EXIT_USAGE
     if not args.no_plots:
         require("matplotlib", "the PNG plots (leave them out with --no-plots)")
@@ -53,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
             out = args.out if args.out is not None else Path(args.samples).parent / "eval"
             result = evaluate(args.samples, out, **common)
     except (ValueError, FileNotFoundError) as err:  # ConfigError and DataError included
-        print(f"hpcdiff evaluate: {err}", file=sys.stderr)
+        print_error("evaluate", err)
         return EXIT_USAGE
     print(_table(result))
     print(f"wrote {result['metrics_json']}")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from hpcdiff.cli import EXIT_OK, EXIT_USAGE
+from hpcdiff.cli import EXIT_OK, EXIT_USAGE, print_error
 
 EXAMPLES = """examples:
   # named SongUNet and DiT sizes with their parameter counts for 3-channel 64 x 64 inputs
@@ -39,7 +38,7 @@ def _convert(args: argparse.Namespace) -> int:
         model = load_physicsnemo(src)
         model.save(dst)
     except (OSError, ValueError) as err:
-        print(f"hpcdiff models: {err}", file=sys.stderr)
+        print_error("models", err)
         return EXIT_USAGE
     print(f"{src}: {type(model).__name__} with {model.num_parameters():,} parameters -> {dst}")
     return EXIT_OK

@@ -160,14 +160,18 @@ def _build(path: Path, spec: dict[str, Any]) -> Module:
         return cls(**args)
 
 
-def _load_weights(path: Path, model: Module, blob: bytes, map_location, strict: bool) -> None:
+def _read_state(path: Path, blob: bytes, map_location) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     except Exception as err:  # torch reports disallowed globals and corrupt data variously
         raise ValueError(f"{path}: model.pt is not a plain tensor state dict: {err}") from err
     if not isinstance(state, dict):
         raise ValueError(f"{path}: model.pt holds a {type(state).__name__}, not a state dict")
-    result = model.load_state_dict(_migrate_state(state), strict=False)
+    return _migrate_state(state)
+
+
+def _load_weights(path: Path, model: Module, blob: bytes, map_location, strict: bool) -> None:
+    result = model.load_state_dict(_read_state(path, blob, map_location), strict=False)
     # Sinusoidal frequency tables are fixed by the arguments; old releases did not save them.
     missing = [
         k
@@ -203,3 +207,21 @@ def load_physicsnemo(
     model = _build(path, spec)
     _load_weights(path, model, members["model.pt"], map_location, strict)
     return model.to(map_location)
+
+
+def read_physicsnemo(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[Module, dict[str, torch.Tensor]]:
+    """The hpcdiff model a PhysicsNeMo ``.mdlus`` describes (freshly initialised, weights not
+    loaded) and the file's state dict with its names in hpcdiff's layout: what a caller that
+    loads part of the weights (``model.init_from``) needs. Errors as :func:`load_physicsnemo`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    members = _read_members(path)
+    try:
+        spec = json.loads(members["args.json"])
+    except ValueError as err:
+        raise ValueError(f"{path}: args.json is not valid JSON ({err})") from None
+    return _build(path, spec), _read_state(path, members["model.pt"], map_location)

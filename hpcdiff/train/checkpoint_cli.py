@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpcdiff.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from hpcdiff.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, print_error
 
 CONSOLIDATE_EXAMPLES = """examples:
   # EMA weights of the newest verified checkpoint of a run -> runs/quickstart/model.mdlus
@@ -149,7 +149,7 @@ def _inspect(args: argparse.Namespace) -> int:
         print("\n\n".join(format_checkpoint(info) for info in infos))
     bad = [info["path"] for info in infos if not info["ok"]]
     if bad:
-        print(f"hpcdiff checkpoint: corrupt or incomplete: {', '.join(bad)}", file=sys.stderr)
+        print_error("checkpoint inspect", f"corrupt or incomplete: {', '.join(bad)}")
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -205,10 +205,10 @@ def _guarded(run):
         try:
             return run(args)
         except UsageError as err:
-            print(f"hpcdiff checkpoint: {err}", file=sys.stderr)
+            print_error(f"checkpoint {args.checkpoint_command}", err)
             return EXIT_USAGE
         except (RuntimeError, OSError) as err:
-            print(f"hpcdiff checkpoint: {err}", file=sys.stderr)
+            print_error(f"checkpoint {args.checkpoint_command}", err)
             return EXIT_FAILURE
 
     return call

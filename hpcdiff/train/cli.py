@@ -18,7 +18,10 @@ EXAMPLES = """examples:
   NP=4 launchers/mpirun.sh train --config configs/dit_zero3.yaml
 
 Rerunning the same command resumes from the newest verified checkpoint
-(checkpoint.resume: latest). Exit code 2: invalid config or input data (nothing was run).
+(checkpoint.resume: latest); a run that already reached run.steps trains nothing and says so
+in one line (exit code 0). model.init_from=FILE.mdlus starts a new run from the weights of a
+.mdlus file (hpcdiff's or PhysicsNeMo's). Exit code 2: invalid config or input data (nothing
+was run).
 """
 
 

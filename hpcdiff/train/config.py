@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpcdiff.config import ConfigError, apply_overrides, from_dict, read_yaml
-from hpcdiff.config.checks import check_relative_path
+from hpcdiff.config.checks import check_patch_grid, check_relative_path
 from hpcdiff.data.config import DataConfig
 from hpcdiff.distributed.config import (
     CheckpointConfig,
@@ -72,6 +72,14 @@ class ModelConfig:
     # Channels of the positional embedding: a multiple of 4 for sinusoidal, 2 for linear,
     # >= 1 for learnable; unused when model.positional_embedding is null.
     channels_positional_embedding: int = 4
+    # Start a new run from these weights (fine-tuning): an hpcdiff .mdlus (`hpcdiff checkpoint
+    # consolidate`, `hpcdiff sample`, Module.save) or a PhysicsNeMo .mdlus of SongUNet,
+    # SongUNetPosEmbd or DiT; matched by name and shape to the part of the model of the same
+    # class. Ignored when the run resumes from its own checkpoint.
+    init_from: str | None = None
+    # With model.init_from: true requires every weight of that part, and nothing else, in the
+    # file; false loads what matches and reports the rest.
+    init_strict: bool = True
 
     def validate(self) -> None:
         from hpcdiff.models.registry import model_names
@@ -254,6 +262,7 @@ class TrainConfig:
                 f"config key 'profiling.capture_steps': stop {capture[1]} is after "
                 f"run.steps={self.run.steps}"
             )
+        check_patch_grid(self.data.patch_shape, self.sample.overlap_pix, self.sample.boundary_pix)
         if self.data.tile_margin != 0:
             raise ConfigError(
                 f"config key 'data.tile_margin': the trainer derives each rank's margin from "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +42,7 @@ from hpcdiff.distributed.collectives import barrier, mean_over_ranks
 from hpcdiff.logs import close_logging, setup_logging
 from hpcdiff.train.build import DiffusionObjective, build_inference_model
 from hpcdiff.train.config import TrainConfig
+from hpcdiff.train.init_weights import init_from
 from hpcdiff.train.lr import lr_at, set_lr
 from hpcdiff.train.metrics import (
     MetricsLogger,
@@ -48,6 +50,7 @@ from hpcdiff.train.metrics import (
     peak_rss_mib,
     require_tensorboard,
 )
+from hpcdiff.train.preflight import check_time_ranges, finished_message
 from hpcdiff.train.profile_window import CaptureWindow
 from hpcdiff.train.tiling import training_window
 
@@ -160,6 +163,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
 
     # Data: this rank's window of the grid, for the training times of its data group.
     sources = open_sources(cfg.data)
+    check_time_ranges(cfg, sources)  # every split, before any work (also --dry-run)
     grid_shape = tuple(sources["target"].shape)
     part = partition(cfg, sources, rank, world)
     stream = open_stream(cfg, part, "train", sources)
@@ -167,6 +171,9 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     with model_init_context(cfg.zero, cfg.optim, cfg.data.batch_size, ctx):
         objective = build_objective(cfg, grid_shape)
     summary = describe(cfg, objective, world)
+    if cfg.model.init_from:  # fine-tuning: weights of a .mdlus file (a resume overrides them)
+        report = init_from(objective, cfg.model.init_from, cfg.model.init_strict)
+        summary["init_from"] = report.summary()
     if dry_run:
         stream.close()
         if rank == 0:
@@ -193,8 +200,16 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
             torch.manual_seed((cfg.run.seed * 100_003 + rank + 1) * 1_000_003 + start)
         else:
             restore_rng_state(extra["rng"])
+        summary.pop("init_from", None)
     else:
         torch.manual_seed(cfg.run.seed * 100_003 + rank + 1)  # distinct noise per rank
+    if start >= cfg.run.steps:  # a finished run: say so in one line, train nothing
+        if rank == 0:
+            print(finished_message(run_dir, start, cfg.run.steps), file=sys.stderr, flush=True)
+        stream.close()
+        close_logging()
+        shutdown()
+        return run_dir
     accum = cfg.zero.grad_accum_steps
     global_batch = cfg.data.batch_size * part.groups * accum  # samples per optimizer step
     patches_per_step = cfg.data.batch_size * world * accum * cfg.data.patches_per_sample

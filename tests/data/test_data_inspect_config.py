@@ -32,6 +32,17 @@ def test_inspect_reports_layout_and_warns(dataset, tmp_path, capsys):
         for v, kib in [("a", "2.0"), ("b", "4.0"), ("c", "1.0")]
     )
     assert inspect_paths([str(layout_file(tmp_path / "good.nc", (1, 64, 96)))])[1] == 0
+    # A coarse 16 x 16 field (the quickstart's condition files): 1 KiB chunks, but each holds
+    # a whole time step, so the suggested rechunking is the file's own layout: no warning.
+    # Half-size chunks on the same grid can still grow, so they are warned about.
+    lat, lon = np.linspace(40.0, 41.0, 16), np.linspace(5.0, 6.0, 16)
+    values = {"v": (np.zeros((4, 16, 16), np.float32), "f4", {})}
+    for name, chunks, expected in (("coarse.nc", (1, 16, 16), 0), ("half.nc", (1, 8, 8), 1)):
+        path = write_grid_file(tmp_path / name, np.arange(4.0), values, lat, lon, chunks=chunks,
+                               unlimited=True)  # fmt: skip
+        report, n = inspect_paths([str(path)])
+        assert n == expected, report
+    assert "nccopy -c time/1,lat/16,lon/16 -d 1 -s half.nc out.nc" in report
     assert "time (time) float64 axis=time" in report and "2021-01-01T00:00:00" in report
     cases = {
         "contiguous.nc": (None, "stored contiguously"),

@@ -177,7 +177,7 @@ def test_bad_input_exits_2_naming_file_and_variable(tmp_path, capsys, case):
     extra, needles = case(tmp_path, run)
     assert main(["evaluate", str(run), "--no-plots", *extra]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("hpcdiff evaluate: ")
+    assert err.startswith("hpcdiff evaluate: error: ")
     for needle in needles:
         assert needle in err
 

@@ -133,7 +133,9 @@ def synth_data(tmp_path_factory):
 def test_dry_run_builds_the_model(path, synth_data, tmp_path, capsys):
     from hpcdiff.train.loop import train
 
-    overrides = [*synth_data, "data.patch_shape=[16, 16]", f"run.out_dir={tmp_path}"]
+    # 16 x 16 patches for speed; the sampling overlap must stay below the patch side
+    overrides = [*synth_data, "data.patch_shape=[16, 16]", "sample.overlap_pix=4"]
+    overrides.append(f"run.out_dir={tmp_path}")
     if "domain" in read_yaml(path):  # one process: one rank per sample
         with pytest.raises(ConfigError, match="'domain.grid'.*does not divide the world size 1"):
             with mock.patch.dict(os.environ):
