@@ -12,7 +12,8 @@
 #                                     agent of mpirun (plm_rsh_agent) and mpiexec (-launcher-exec)
 #   scripts/ci_cluster.sh env         print the `export SLURM_CONF=...` clients need
 #
-# Addresses: 10.216.16.I for nodeI and 10.216.16.254 for the bridge in the root namespace (the
+# Every node resolves every node's name (/etc/netns/hpcdiff-nodeI/hosts); its own name is also
+# 127.0.1.1, as on a default Debian install. Addresses: 10.216.16.I for nodeI and 10.216.16.254 for the bridge in the root namespace (the
 # "login node" that submits jobs), one private /24 with no route anywhere else. Namespaces have
 # no default route, so nothing started inside can reach beyond this subnet.
 set -eEuo pipefail
@@ -47,14 +48,14 @@ node_exec() {
     exec nsenter -t "$pid" -n -u -m --wd="$PWD" -- "$@"
 }
 
-write_hosts() {  # write_hosts N: the hosts file every node sees
-    local n=$1 i
-    mkdir -p "$DIR"
-    {
-        echo "127.0.0.1 localhost"
-        echo "$NET.254 login"
-        for i in $(seq 1 "$n"); do echo "$NET.$i node$i"; done
-    } >"$DIR/hosts"
+write_hosts() {  # write_hosts N I: the hosts file of node I
+    local n=$1 me=$2 i
+    echo "127.0.0.1 localhost"
+    # As Debian's installer writes it: the node's own name is a loopback alias, so gloo (which
+    # binds what the host name resolves to) needs hpcdiff's interface choice to work here.
+    echo "127.0.1.1 node$me"
+    echo "$NET.254 login"
+    for i in $(seq 1 "$n"); do echo "$NET.$i node$i"; done
 }
 
 # The holder: a process that owns the node's UTS and mount namespaces. `ip netns exec` gives it a
@@ -84,7 +85,7 @@ make_node() {  # make_node I
     veth=hpcd-v$i
     ip netns add "$ns"
     mkdir -p "/etc/netns/$ns"
-    cp "$DIR/hosts" "/etc/netns/$ns/hosts"
+    write_hosts "$(nodes)" "$i" >"/etc/netns/$ns/hosts"
     ip link add "$veth" type veth peer name hpcnet0 netns "$ns"
     ip link set "$veth" master "$BRIDGE" up
     ip -n "$ns" addr add "$NET.$i/24" dev hpcnet0
@@ -153,7 +154,6 @@ up() {
     trap 'log "start failed: tearing down"; down' ERR
     mkdir -p "$DIR"
     echo "$n" >"$DIR/nodes"
-    write_hosts "$n"
     ip link add "$BRIDGE" type bridge
     ip addr add "$NET.254/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
