@@ -10,6 +10,8 @@
 #   scripts/ci_cluster.sh exec NODE CMD...   run CMD on NODE (its network, hostname and hosts)
 #   scripts/ci_cluster.sh rsh NODE CMD...    the same with CMD as one shell string: the rsh-style
 #                                     agent of mpirun (plm_rsh_agent) and mpiexec (-launcher-exec)
+#   scripts/ci_cluster.sh kill NODE   SIGKILL every process running on NODE but its slurmd (a node
+#                                     failure as its jobs see it; Slurm keeps the node)
 #   scripts/ci_cluster.sh env         print the `export SLURM_CONF=...` clients need
 #
 # Every node resolves every node's name (/etc/netns/hpcdiff-nodeI/hosts); its own name is also
@@ -45,7 +47,9 @@ node_exec() {
     local node=$1 pid
     shift
     pid=$(holder_pid "$node") || { log "no node $node (is the cluster up?)"; return 1; }
-    exec nsenter -t "$pid" -n -u -m --wd="$PWD" -- "$@"
+    # chdir after entering: a directory opened outside would stay on the root namespace's mount
+    # (rename() from an absolute path to a relative one then fails with EXDEV)
+    exec nsenter -t "$pid" -n -u -m -r -- sh -c 'cd "$0" && exec "$@"' "$PWD" "$@"
 }
 
 write_hosts() {  # write_hosts N I: the hosts file of node I
@@ -192,6 +196,15 @@ down() {
     rmdir /etc/netns 2>/dev/null || true
 }
 
+kill_node() {
+    local node=$1 keep pid
+    keep=" $(holder_pid "$node") $(cat "$DIR/slurmd.$node.pid" 2>/dev/null) "
+    [ "$keep" != "   " ] || { log "no node $node (is the cluster up?)"; return 1; }
+    for pid in $(ip netns pids "$(ns_of "$node")"); do
+        [[ "$keep" == *" $pid "* ]] || kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+
 status() {
     local n
     n=$(nodes)
@@ -212,6 +225,7 @@ case "${1:-}" in
         shift
         node_exec "$host" sh -c "$*"
         ;;
+    kill) kill_node "$2" ;;
     env) echo "export SLURM_CONF=$SLURM_CONF" ;;
-    *) echo "usage: $0 {up N|down|status|exec NODE CMD...|rsh NODE CMD...|env}" >&2; exit 2 ;;
+    *) echo "usage: $0 {up N|down|status|exec NODE CMD...|rsh NODE CMD...|kill NODE|env}" >&2; exit 2 ;;
 esac

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from clusterlaunch import AGENT, NODES, ROOT, kill_group, losses, read_records, wait_all
+from clusterlaunch import AGENT, NODES, ROOT, SCRIPT, kill_group, losses, read_records, wait_all
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -95,6 +95,17 @@ def torchrun_nodes(cluster, work: Path, name: str, args: list[str], **extra: str
     return procs, logs
 
 
+def test_interface_towards_rank_0_from_both_nodes(cluster, work):
+    """On node2 the route to node1 leaves through hpcnet0; on node1 its own name is the
+    127.0.1.1 alias (as Debian writes /etc/hosts), and the one interface that is up wins."""
+    code = ("from hpcdiff.distributed.netif import interface_towards as f; "
+            "print(f('node1'), f('node2'), f('no-such-host.invalid'))")  # fmt: skip
+    env = cluster.env(work / "rec" / "netif")
+    for node in NODES:
+        out = cluster.run(node, [sys.executable, "-c", code], env, work, work / "netif.log")
+        assert out.split() == ["hpcnet0", "hpcnet0", "None"], (node, out)
+
+
 def check_layout(work: Path, name: str, launcher: str) -> list[dict]:
     """Every rank found its node, local rank and rank 0's address and picked the node's
     interface by itself; returns the records (printed for docs/launching.md's table)."""
@@ -159,7 +170,9 @@ def test_mpi_two_nodes_tiled_training(cluster, work, tiled_reference, mpi, mpiru
 
 def test_tiled_sampling_two_nodes_equals_one_process(cluster, work, reference):
     """`hpcdiff sample` with sample.domain_grid=[2, 2] on 2 nodes x 2 ranks (MPICH) writes the
-    samples one process writes; tiles differ only in float summation order."""
+    samples one process writes. Tiles batch other patches together than one process does, so
+    float32 sums differ in order; the 3 solver steps of an almost untrained model amplify that
+    to 1.0e-5 of the field's largest value (measured: one v10 point of 2048), hence 1e-4."""
     samples = work / "runs" / "ref" / "samples" / "samples.nc"
     env = cluster.env(work / "rec" / "sample1")
     cluster.run("node1", [sys.executable, "-m", "hpcdiff", "sample", "runs/ref"], env, work,
@@ -175,7 +188,7 @@ def test_tiled_sampling_two_nodes_equals_one_process(cluster, work, reference):
     assert sorted(tiled.data_vars) == sorted(whole.data_vars)
     for name, value in whole.data_vars.items():
         scale = float(np.nanmax(np.abs(value.values)))
-        np.testing.assert_allclose(tiled[name].values, value.values, rtol=0, atol=1e-5 * scale,
+        np.testing.assert_allclose(tiled[name].values, value.values, rtol=0, atol=1e-4 * scale,
                                    err_msg=name)  # fmt: skip
     assert not np.allclose(whole["t2m"].values[0], whole["t2m"].values[1])  # members differ
 
@@ -191,9 +204,16 @@ def test_node_failure_names_the_node_then_the_run_resumes(cluster, work, referen
     while _last_step(run) < 3:  # step 2's checkpoint is written before step 3 starts
         assert time.monotonic() < deadline and procs[0].poll() is None, logs[0].read_text()
         time.sleep(0.1)
-    kill_group(procs[1])  # node2: its torchrun agent and both ranks, SIGKILL
+    # node2 fails: SIGKILL its torchrun agent and both ranks (torchrun puts each rank in a
+    # session of its own, so the launch's process group is not enough)
+    subprocess.run([SCRIPT, "kill", "node2"], check=True)
     killed = time.monotonic()
-    procs[0].wait(timeout=4 * TIMEOUT_S)
+    try:
+        procs[0].wait(timeout=4 * TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(procs[0])
+        pytest.fail(f"node1 still runs {4 * TIMEOUT_S} s after node2 died: {logs[0].read_text()}")
+    procs[1].wait(timeout=10)
     took = time.monotonic() - killed
     text = logs[0].read_text()
     assert procs[0].returncode != 0
