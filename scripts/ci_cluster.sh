@@ -80,6 +80,7 @@ EOF
         echo $$ >"$pidfile"
         exec sleep infinity' holder "$node" "$DIR/$node.holder.pid" "$mounts" \
         </dev/null >/dev/null 2>&1 &
+    disown  # it outlives this script; `down` kills it
     wait_for 10 "node $node" test -s "$DIR/$node.holder.pid"
 }
 
