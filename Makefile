@@ -23,7 +23,9 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check hpcdiff tests benchmarks
 	scripts/ci_services.sh start   # Debian Open MPI + a one-node Slurm for the launcher tests
 	scripts/ci_nsight.sh install   # Debian nsight-systems (contrib + non-free) for tests/profiling
-	$(PY) -m pytest
+	# tests/cluster brings up scripts/ci_cluster.sh (2 namespace nodes, root only) and takes
+	# it down itself; the `down` here also cleans up after an interrupted pytest
+	$(PY) -m pytest; rc=$$?; [ "$$(id -u)" != 0 ] || scripts/ci_cluster.sh down; exit $$rc
 
 quickstart: $(STAMP)
 	VENV=$(VENV) scripts/quickstart.sh $(ARGS)

@@ -8,6 +8,7 @@
 #   scripts/ci_services.sh stop      stop slurmd and slurmctld (munged is left running)
 #   scripts/ci_services.sh status    exit 0 when the cluster answers, 1 otherwise
 #   scripts/ci_services.sh env       print the `export SLURM_CONF=...` clients need
+#   scripts/ci_services.sh munge     start only munged (also used by scripts/ci_cluster.sh)
 #
 # Slurm's files live in $HPCDIFF_SLURM_DIR (default /var/tmp/hpcdiff-slurm), never in /etc/slurm,
 # and its daemons listen on non-default ports, so a site's real Slurm is not touched. Clients
@@ -145,5 +146,6 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     env) echo "export SLURM_CONF=$SLURM_CONF" ;;
-    *) echo "usage: $0 {install|start|stop|status|env}" >&2; exit 2 ;;
+    munge) start_munge ;;
+    *) echo "usage: $0 {install|start|stop|status|env|munge}" >&2; exit 2 ;;
 esac

@@ -3,7 +3,9 @@
 One resolver for every way a job starts: explicit ``HPCDIFF_*`` overrides, torchrun, an ``srun``
 step (a plain ``sbatch`` / ``salloc`` shell without ``srun`` is one process), Open MPI, MPICH /
 Intel MPI (PMI), PMIx and MVAPICH. The rendezvous address comes from ``MASTER_ADDR``, else the
-first host of the Slurm node list, else an MPI broadcast from rank 0, else localhost.
+first host of the Slurm node list, else an MPI broadcast from rank 0, else localhost. On a job
+spanning several nodes, :mod:`hpcdiff.distributed.netif` picks the network interface for gloo
+and NCCL.
 """
 
 from __future__ import annotations

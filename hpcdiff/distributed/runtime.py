@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from hpcdiff.distributed.config import DistConfig
 from hpcdiff.distributed.env import DistEnv, resolve_env
+from hpcdiff.distributed.netif import socket_interface_env
 from hpcdiff.distributed.watchdog import Watchdog
 
 _STORE_PREFIX = "hpcdiff"
@@ -93,6 +94,7 @@ def init_distributed(cfg: DistConfig | None = None, env: DistEnv | None = None) 
     cfg = cfg or DistConfig()
     env = env or resolve_env()
     os.environ.update(env.exported())
+    os.environ.update(socket_interface_env(env))  # several nodes: the interface to rank 0
     device = select_device(env, cfg.device)
     backend = default_backend(device) if cfg.backend == "auto" else cfg.backend
     timeout = timedelta(seconds=cfg.timeout_s)
