@@ -9,7 +9,10 @@ The exit codes of every subcommand (documented in ``docs/cli.md``):
   traceback), a checkpoint is corrupt, NVTX ranges do not reach the profiler;
 * ``EXIT_USAGE`` (2): bad usage or invalid input, reported before any work: unknown option,
   :class:`~hpcdiff.config.ConfigError` (config key, type or combination),
-  :class:`~hpcdiff.data.errors.DataError` (input files), a missing path or checkpoint.
+  :class:`~hpcdiff.data.errors.DataError` (input files), a missing path or checkpoint;
+* ``EXIT_STOPPED`` (75, ``EX_TEMPFAIL`` of sysexits.h): ``hpcdiff train`` stopped on one of
+  ``run.stop_signals`` after writing a checkpoint; rerunning the command (or the requeued
+  Slurm job) continues from it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from hpcdiff.config import ConfigError
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_STOPPED = 75
 
 # Modules offering subcommands; each is imported only when the parser is built.
 _COMMAND_MODULES = (
@@ -47,7 +51,8 @@ EPILOG = """examples:
 config overrides: trailing KEY=VALUE arguments set dotted config keys, values parsed as YAML
   (optim.lr=1e-4 'sample.domain_grid=[2, 2]' ema.decay=null); see docs/configs.md.
 
-exit codes: 0 success, 1 failure while running, 2 bad usage, config or input (docs/cli.md).
+exit codes: 0 success, 1 failure while running, 2 bad usage, config or input, 75 stopped by a
+  signal after a checkpoint (docs/cli.md).
 """
 
 
