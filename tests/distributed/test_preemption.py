@@ -122,10 +122,13 @@ def uninterrupted(work, tmp_path_factory) -> dict:
 
 
 LAUNCHES = {
-    # name: (launcher script, extra environment, signal sent to the launcher process)
-    "torchrun-USR2": ("torchrun.sh", {}, signal.SIGUSR2),
-    "openmpi-TERM": ("mpirun.sh", {"MPIRUN": OPENMPI}, signal.SIGTERM),
-    "mpich-USR2": ("mpirun.sh", {"MPIRUN": str(BIN / "mpiexec")}, signal.SIGUSR2),
+    # name: (launcher script, extra environment, signal sent to the launcher process, signal
+    # the ranks get: mpirun.sh relays SIGTERM to Open MPI as SIGUSR2, which mpirun forwards
+    # without killing the ranks 2 s later, and SIGUSR2 to MPICH as SIGTERM, which mpiexec
+    # forwards instead of dying)
+    "torchrun-USR2": ("torchrun.sh", {}, signal.SIGUSR2, "SIGUSR2"),
+    "openmpi-TERM": ("mpirun.sh", {"MPIRUN": OPENMPI}, signal.SIGTERM, "SIGUSR2"),
+    "mpich-USR2": ("mpirun.sh", {"MPIRUN": str(BIN / "mpiexec")}, signal.SIGUSR2, "SIGTERM"),
 }
 
 
@@ -134,14 +137,14 @@ LAUNCHES = {
 def test_signal_to_launcher_stops_after_a_step_and_resume_matches(
     name, work, uninterrupted, tmp_path
 ):
-    script, extra, sig = LAUNCHES[name]
+    script, extra, sig, received = LAUNCHES[name]
     cmd = [str(LAUNCHERS / script), "train", "--config", "tiny.yaml", f"run.name={name}"]
     run, env = work / "runs" / name, env_for(**extra)
     proc = launch(work, cmd, env)
     wait_for_step(run, 3, proc)
     proc.send_signal(sig)  # the launcher only (own session), as a scheduler or user would
     _, err = proc.communicate(timeout=GUARD_S)
-    stop = re.search(rf"{sig.name}: stopped after step (\d+)", err)
+    stop = re.search(rf"{received}: stopped after step (\d+)", err)
     assert stop, err[-4000:]
     step = int(stop.group(1))
     assert 3 <= step < STEPS
