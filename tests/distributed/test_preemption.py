@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import signalprobe
 import torch
 import yaml
 from distlaunch import ROOT, worker_env
@@ -62,9 +63,9 @@ def work(tmp_path_factory) -> Path:
 
 
 def env_for(**extra: str) -> dict[str, str]:
-    env = worker_env(HPCDIFF_PYTHON=sys.executable, NPROC_PER_NODE="2", NP="2", **extra)
+    env = worker_env(HPCDIFF_PYTHON=sys.executable, NPROC_PER_NODE="2", NP="2")
     env.pop("HPCDIFF_SCRIPT")  # `-m hpcdiff`, not the test worker
-    return env
+    return {**env, **extra}
 
 
 def launch(work: Path, cmd: list[str], env: dict) -> subprocess.Popen:
@@ -155,6 +156,27 @@ def test_signal_to_launcher_stops_after_a_step_and_resume_matches(
     assert again.returncode == 0, again.stderr[-4000:]
     assert losses(run) == uninterrupted["losses"]
     assert_same_weights(weights(run, tmp_path), uninterrupted["weights"])
+
+
+RELAYS = [
+    # launcher script, MPIRUN, signal sent to the script, signal every rank must get
+    ("torchrun.sh", None, signal.SIGUSR2, "SIGUSR2"),  # plain torchrun dies of it
+    ("mpirun.sh", OPENMPI, signal.SIGTERM, "SIGUSR2"),  # Open MPI kills the ranks 2 s after TERM
+    ("mpirun.sh", OPENMPI, signal.SIGINT, "SIGUSR2"),
+    ("mpirun.sh", str(BIN / "mpiexec"), signal.SIGUSR2, "SIGTERM"),  # MPICH dies of USR2
+]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("script,mpirun,sig,received", RELAYS)
+def test_launcher_scripts_pass_a_stop_signal_on_and_keep_the_ranks(
+    script, mpirun, sig, received, tmp_path
+):
+    env = env_for(HPCDIFF_SCRIPT=signalprobe.__file__, **({"MPIRUN": mpirun} if mpirun else {}))
+    got = signalprobe.deliver([str(LAUNCHERS / script)], sig, tmp_path / "probe", env, watch=4)
+    assert got.pop("ended") == {}  # no rank killed within 4 s of the signal
+    assert got.pop("launcher") is None  # the launcher waits for its ranks
+    assert got == {"0": [received], "1": [received]}
 
 
 # --- Slurm: scancel --signal, requeue, resume -----------------------------------------------
