@@ -94,6 +94,9 @@ def parse_args(
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns its exit code (argparse exits 2 itself on bad usage)."""
+    from hpcdiff.distributed.preempt import catch_early
+
+    catch_early(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parse_args(argv, parser)
     if not getattr(args, "func", None):

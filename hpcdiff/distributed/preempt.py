@@ -37,7 +37,7 @@ class TrainingStopped(Exception):
 def signal_of(name: str) -> signal.Signals:
     """``SIGUSR2``, ``USR2`` or ``sigusr2`` -> ``signal.SIGUSR2``; ValueError if unknown or
     uncatchable (SIGKILL, SIGSTOP)."""
-    text = str(name).strip().upper()
+    text = name.name if isinstance(name, signal.Signals) else str(name).strip().upper()
     text = text if text.startswith("SIG") else f"SIG{text}"
     if text in _UNCATCHABLE:
         raise ValueError(f"{text} cannot be caught")
@@ -65,6 +65,18 @@ class StopFlag:
                 signal.signal(sig, self._handler)
                 self.signals += (sig,)
 
+    def configure(self, names) -> None:
+        """Catch exactly ``names``: signals caught so far but not named get their default
+        action back, and one of them that already arrived is delivered again (it terminates)."""
+        wanted = [signal_of(n) for n in names]
+        for sig in [s for s in self.signals if s not in wanted]:
+            signal.signal(sig, signal.SIG_DFL)
+            self.signals = tuple(s for s in self.signals if s != sig)
+            if self.received == sig.name:
+                self.received = None
+                os.kill(os.getpid(), sig)
+        self.install(wanted)
+
     def agreed(self, device=None) -> bool:
         """True on every rank when any rank received a stop signal (collective: every rank
         calls it after the same optimizer step)."""
@@ -83,11 +95,20 @@ class StopFlag:
 _FLAG = StopFlag()
 
 
-def install_stop_signals(names) -> StopFlag:
-    """The process's stop flag, catching ``names`` (idempotent; call it as early as possible,
-    a stop signal that arrives before it kills the process by its default action)."""
-    _FLAG.install(names)
+def install_stop_signals(names, exactly: bool = False) -> StopFlag:
+    """The process's stop flag, catching ``names`` too (``exactly``: only them). Call it as
+    early as possible: a stop signal that arrives before it kills the process by its default
+    action. ``python -m hpcdiff train`` catches the default signals before any import and
+    narrows them to ``run.stop_signals`` once the config is read."""
+    _FLAG.configure(names) if exactly else _FLAG.install(names)
     return _FLAG
+
+
+def catch_early(argv: list[str]) -> None:
+    """For ``hpcdiff train``: catch the default stop signals from the first moment (a Slurm
+    signal may come seconds after the job starts, before the config is read)."""
+    if argv[:1] == ["train"]:
+        install_stop_signals(DEFAULT_STOP_SIGNALS)
 
 
 def slurm_job_id(environ=os.environ) -> str | None:

@@ -29,7 +29,8 @@ def _run(args: argparse.Namespace) -> int:
     from hpcdiff.train.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # before the heavy imports below
-    install_stop_signals(cfg.run.stop_signals)  # a signal during start-up stops after step 1
+    # Exactly run.stop_signals from here; one that came during start-up stops after step 1.
+    install_stop_signals(cfg.run.stop_signals, exactly=True)
     from hpcdiff.train.loop import train
 
     try:

@@ -59,8 +59,13 @@ def test_handler_only_records_the_first_signal():
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGUSR1)
         assert flag.received == "SIGUSR1" and flag.agreed() is True
+        flag.received = None
+        flag.configure(["SIGUSR2"])  # narrowed to the config's list: USR1 acts by default again
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+        assert flag.signals == (signal.SIGUSR2,)
     finally:
         signal.signal(signal.SIGUSR1, before)
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
 
 
 def test_requeue_target_and_checks():

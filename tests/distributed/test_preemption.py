@@ -243,8 +243,8 @@ def test_slurm_job_signalled_is_requeued_and_finishes_like_uninterrupted(
 def test_slurm_time_limit_finishes_through_requeues(slurm, work):
     """--time=1 --signal=USR2@50: Slurm signals 10-60 s after each start (it may signal up to a
     minute early); each start trains a while, stops at a step, requeues, and the last one ends
-    the 400 steps."""
-    env, name, steps = env_for(**slurm), "slurm_time", 400
+    the 150 steps."""
+    env, name, steps = env_for(**slurm), "slurm_time", 150
     job = submit(work, name, env, ["--time=1", "--signal=USR2@50"], f"run.steps={steps}")
     fields = follow_job(job, env, 600)
     log = (work / f"{name}.out").read_text()
