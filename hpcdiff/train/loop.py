@@ -246,7 +246,8 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         steps_since += 1
         done = step + 1
         logger.advance(done)
-        stopping = stop.agreed(device)  # one collective: every rank stops after this step
+        # One collective: every rank stops after this step (a run at its last step just ends).
+        stopping = stop.agreed(device) and done < cfg.run.steps
 
         # Log (losses averaged over ranks).
         if done % cfg.run.log_every == 0 or done == cfg.run.steps or stopping:
