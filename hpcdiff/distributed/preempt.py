@@ -148,6 +148,17 @@ def resume_command(launcher: str, resume: str, argv: list[str] | None = None) ->
     return f"{cmd}  (under the same {launcher} launch as this one)"
 
 
+def job_state(job: str) -> str | None:
+    """The job's JobState in `scontrol show job` (None if it cannot be read)."""
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+    return fields.get("JobState")
+
+
 def requeue(job: str) -> str | None:
     """``scontrol requeue JOB``; None on success, else the reason it failed."""
     try:
@@ -163,8 +174,9 @@ def conclude(
     path: Path, step: int, flag: StopFlag, mode: str, resume: str, launcher: str, rank: int
 ) -> TrainingStopped:
     """After the stop checkpoint ``path``: verify it (collective), then rank 0 requeues the
-    Slurm job (``mode`` auto/always, only if it verified and the run resumes from latest) or
-    prints the command that resumes. Returns the exception the trainer raises at its end."""
+    Slurm job (``mode`` auto/always, only if it verified and the run resumes from latest; auto
+    leaves a job that is being cancelled alone) or prints the command that resumes. Returns
+    the exception the trainer raises at its end."""
     from hpcdiff.distributed.checkpoint import verify_checkpoint
 
     problems = verify_checkpoint(path)
@@ -175,6 +187,8 @@ def conclude(
         log.info("%s: stopped after step %d, checkpoint %s", flag.received, step, path)
         if problems:
             log.error("the stop checkpoint %s does not verify: %s", path, "; ".join(problems))
+        elif want and mode == "auto" and job_state(job) == "CANCELLED":
+            log.info("Slurm job %s is being cancelled (scancel): not requeued", job)
         elif want:
             failure = requeue(job)
             requeued = failure is None
