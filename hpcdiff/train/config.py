@@ -51,8 +51,9 @@ class RunConfig:
     # USR2; SIGKILL and SIGSTOP cannot be caught. [] keeps every signal's default action.
     stop_signals: list[str] = field(default_factory=lambda: list(DEFAULT_STOP_SIGNALS))
     # After a stop signal: auto requeues a Slurm job (`scontrol requeue`) once the checkpoint
-    # verifies and prints the resume command elsewhere; always refuses to start outside a
-    # Slurm job; never only prints the command.
+    # verifies, unless it is being cancelled, and prints the resume command elsewhere; always
+    # also requeues a cancelled job and refuses to start outside a Slurm job; never only
+    # prints the command.
     requeue: Literal["auto", "never", "always"] = "auto"
 
     def validate(self) -> None:
