@@ -175,7 +175,7 @@ def conclude(
 ) -> TrainingStopped:
     """After the stop checkpoint ``path``: verify it (collective), then rank 0 requeues the
     Slurm job (``mode`` auto/always, only if it verified and the run resumes from latest; auto
-    leaves a job that is being cancelled alone) or prints the command that resumes. Returns
+    only a job still RUNNING, not one being cancelled) or prints the command that resumes. Returns
     the exception the trainer raises at its end."""
     from hpcdiff.distributed.checkpoint import verify_checkpoint
 
@@ -187,8 +187,10 @@ def conclude(
         log.info("%s: stopped after step %d, checkpoint %s", flag.received, step, path)
         if problems:
             log.error("the stop checkpoint %s does not verify: %s", path, "; ".join(problems))
-        elif want and mode == "auto" and job_state(job) == "CANCELLED":
-            log.info("Slurm job %s is being cancelled (scancel): not requeued", job)
+        elif want and mode == "auto" and (state := job_state(job)) not in ("RUNNING", None):
+            # COMPLETING: cancelled (scancel), or the time limit came before --signal did
+            log.info("Slurm job %s is %s, not RUNNING (cancelled or at its time limit): not "
+                     "requeued", job, state)  # fmt: skip
         elif want:
             failure = requeue(job)
             requeued = failure is None

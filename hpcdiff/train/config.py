@@ -51,9 +51,9 @@ class RunConfig:
     # USR2; SIGKILL and SIGSTOP cannot be caught. [] keeps every signal's default action.
     stop_signals: list[str] = field(default_factory=lambda: list(DEFAULT_STOP_SIGNALS))
     # After a stop signal: auto requeues a Slurm job (`scontrol requeue`) once the checkpoint
-    # verifies, unless it is being cancelled, and prints the resume command elsewhere; always
-    # also requeues a cancelled job and refuses to start outside a Slurm job; never only
-    # prints the command.
+    # verifies if the job is still RUNNING (not cancelled, not past its time limit), and prints
+    # the resume command otherwise; always requeues in any state and refuses to start outside
+    # a Slurm job; never only prints the command.
     requeue: Literal["auto", "never", "always"] = "auto"
 
     def validate(self) -> None:

@@ -240,6 +240,21 @@ def test_slurm_job_signalled_is_requeued_and_finishes_like_uninterrupted(
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
+def test_slurm_plain_scancel_saves_and_stays_cancelled(slurm, work):
+    env, name = env_for(**slurm), "slurm_cancel"
+    job = submit(work, name, env, ["--time=10"])
+    wait_for_step(work / "runs" / name, 3)
+    subprocess.run(["scancel", job], env=env, check=True)
+    fields = follow_job(job, env, GUARD_S)
+    log = (work / f"{name}.out").read_text()
+    assert fields["JobState"] == "CANCELLED" and fields["Restarts"] == "0", fields
+    assert re.search(r"SIGTERM: stopped after step \d+", log), log[-4000:]
+    assert f"Slurm job {job} is COMPLETING, not RUNNING (cancelled or at its time" in log
+    assert "to resume, run: " in log
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_slurm_time_limit_finishes_through_requeues(slurm, work):
     """--time=1 --signal=USR2@50: Slurm signals the ranks 10-60 s after each start (it checks
     time limits about every 30 s and may signal up to a minute early), or the time limit's
