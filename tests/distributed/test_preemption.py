@@ -256,13 +256,14 @@ def test_slurm_plain_scancel_saves_and_stays_cancelled(slurm, work):
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_slurm_time_limit_finishes_through_requeues(slurm, work):
-    """--time=1 --signal=USR2@50: Slurm signals the ranks 10-60 s after each start (it checks
-    time limits about every 30 s and may signal up to a minute early), or the time limit's
-    SIGTERM comes. 450 steps (~40 s of compute here) outlast one start, so each start trains
-    a while, stops after a step, requeues, and a later start ends the run."""
-    env, name, steps = env_for(**slurm), "slurm_time", 450
-    job = submit(work, name, env, ["--time=1", "--signal=USR2@50"], f"run.steps={steps}")
-    fields = follow_job(job, env, 900)
+    """--time=2 --signal=USR2@50. slurmctld checks time limits every 30 s and signals at the
+    first check once fewer than 50 s are left, up to a minute early: 70-100 s after each start.
+    (With --time=1 that is 10-40 s, often before a loaded machine has started the ranks, and
+    every start trained a single step.) 1100 steps (~90 s of compute here when idle) outlast one
+    start, so the first start stops after some step and requeues, and a later one ends the run."""
+    env, name, steps = env_for(**slurm), "slurm_time", 1100
+    job = submit(work, name, env, ["--time=2", "--signal=USR2@50"], f"run.steps={steps}")
+    fields = follow_job(job, env, 1200)
     log = (work / f"{name}.out").read_text()
     assert fields["JobState"] == "COMPLETED", log[-4000:]
     restarts = int(fields["Restarts"])
