@@ -14,7 +14,10 @@ The exit codes of every subcommand (documented in ``docs/cli.md``):
   not installed (one line naming the extra to install);
 * ``EXIT_IO`` (4): a checkpoint could not be written (disk full, permission denied): its
   temporary files were removed, the previous checkpoint is intact; the traceback is in the
-  rank's log file, the console gets one line.
+  rank's log file, the console gets one line;
+* ``EXIT_STOPPED`` (75, ``EX_TEMPFAIL`` of sysexits.h): ``hpcdiff train`` stopped on one of
+  ``run.stop_signals`` after writing a checkpoint; rerunning the command (or the requeued
+  Slurm job) continues from it.
 
 ``hpcdiff --help`` and every subcommand's ``--help`` work whatever is installed: a command
 module that cannot be imported is listed with what to install instead.
@@ -36,6 +39,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_IO = 4
+EXIT_STOPPED = 75
 
 # Modules offering subcommands (and the command each adds); imported when the parser is built.
 _COMMAND_MODULES = {
@@ -66,7 +70,7 @@ config overrides: trailing KEY=VALUE arguments set dotted config keys, values pa
   (optim.lr=1e-4 'sample.domain_grid=[2, 2]' ema.decay=null); see docs/configs.md.
 
 exit codes: 0 success, 1 failure while running, 2 bad usage, config or input, 4 a checkpoint
-  could not be written (docs/cli.md).
+  could not be written, 75 stopped by a signal after a checkpoint (docs/cli.md).
 """
 
 
@@ -127,6 +131,9 @@ def parse_args(
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns its exit code (argparse exits 2 itself on bad usage)."""
+    from hpcdiff.distributed.preempt import catch_early
+
+    catch_early(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parse_args(argv, parser)
     if not getattr(args, "func", None):

@@ -15,6 +15,12 @@
 # hpcdiff reads the rank layout from the MPI's variables and gets rank 0's address by an MPI
 # broadcast (mpi4py), so mpi4py must load the same MPI as the launcher: for Open MPI this
 # script points MPI4PY_LIBMPI at Open MPI's libmpi.
+#
+# Signals (measured, docs/preemption.md): Open MPI's mpirun passes SIGUSR1/SIGUSR2 on to the
+# ranks but answers SIGTERM/SIGINT by killing them 2 s later; MPICH's mpiexec passes SIGTERM/SIGINT
+# on but dies of SIGUSR1/SIGUSR2 (killing the ranks). So this script runs the launcher as a child
+# and relays what it gets in the form the launcher forwards: SIGUSR2 to Open MPI, SIGTERM to the
+# others. hpcdiff stops after the current step on either (run.stop_signals) and saves.
 set -euo pipefail
 
 PY=${HPCDIFF_PYTHON:-python}
@@ -66,7 +72,9 @@ if [ -n "${HPCDIFF_SCRIPT:-}" ]; then target=("$HPCDIFF_SCRIPT"); else target=(-
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 args=(-n "$np")
+relay=TERM
 if [ "$kind" = "Open MPI" ]; then
+    relay=USR2
     ompi_info=$(dirname "$(command -v "$MPIRUN")")/ompi_info
     [ -x "$ompi_info" ] || ompi_info=ompi_info
     libdir=$("$ompi_info" --path libdir --parsable 2>/dev/null | sed -n 's/^path:libdir://p' \
@@ -80,4 +88,15 @@ if [ "$kind" = "Open MPI" ]; then
     done
 fi
 # shellcheck disable=SC2086  # MPIRUN_ARGS is a list of options
-exec "$MPIRUN" "${args[@]}" ${MPIRUN_ARGS:-} "$PY" "${target[@]}" "$@"
+"$MPIRUN" "${args[@]}" ${MPIRUN_ARGS:-} "$PY" "${target[@]}" "$@" &
+child=$!
+for sig in TERM INT USR1 USR2; do
+    # shellcheck disable=SC2064  # expand now: the child's pid and the relayed signal
+    trap "kill -s $relay $child 2>/dev/null || true" "$sig"
+done
+while true; do  # `wait` returns early when a trapped signal arrives: wait again
+    rc=0
+    wait "$child" || rc=$?
+    kill -0 "$child" 2>/dev/null || break
+done
+exit "$rc"

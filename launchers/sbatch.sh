@@ -12,7 +12,16 @@
 #SBATCH --gpus-per-node=4
 #SBATCH --cpus-per-task=8
 #SBATCH --time=24:00:00
+# Preemption and time limits (docs/preemption.md): Slurm sends SIGUSR2 to every rank 120 s
+# before the time limit (it may come up to a minute earlier); hpcdiff stops after the current
+# step, writes a checkpoint, requeues this job (`scontrol requeue`, run.requeue: auto) and the
+# requeued job resumes from it. `USR2@120` signals the ranks directly; `B:USR2@120` would signal
+# only the batch shell (here srun itself, which passes USR2 on). Give the save enough seconds.
+# --requeue allows the requeue (also after a node failure); --open-mode=append keeps the output
+# of earlier starts instead of truncating the file at each restart.
+#SBATCH --signal=USR2@120
 #SBATCH --requeue
+#SBATCH --open-mode=append
 #SBATCH --output=hpcdiff-%j.out
 set -euo pipefail
 

@@ -10,6 +10,10 @@
 #   NODE_RANK, MASTER_ADDR, MASTER_PORT (default 29500)   multi-node rendezvous
 #   HPCDIFF_PYTHON   interpreter (default: python on PATH)
 #   HPCDIFF_SCRIPT   run this Python file instead of `-m hpcdiff`
+#   SHUTDOWN_TIMEOUT seconds the ranks get to stop after a signal before SIGKILL (default 120)
+# torchrun forwards only SIGTERM, SIGINT, SIGHUP and SIGQUIT to the ranks by default; this script
+# adds SIGUSR1 and SIGUSR2 (the signal `#SBATCH --signal=USR2@...` sends; hpcdiff stops
+# gracefully on run.stop_signals: docs/preemption.md).
 set -euo pipefail
 
 gpu_count() {
@@ -29,7 +33,9 @@ nnodes=${NNODES:-1}
 cores=$(nproc)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / nproc > 0 ? cores / nproc : 1 ))}
 
-args=(--nproc-per-node "$nproc" --nnodes "$nnodes")
+args=(--nproc-per-node "$nproc" --nnodes "$nnodes"
+      --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2
+      --shutdown-timeout "${SHUTDOWN_TIMEOUT:-120}")
 if [ "$nnodes" = 1 ]; then
     args+=(--standalone)
 else

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hpcdiff.cli import EXIT_OK
+from hpcdiff.cli import EXIT_OK, EXIT_STOPPED
 
 EXAMPLES = """examples:
   # one process
@@ -21,17 +21,25 @@ Rerunning the same command resumes from the newest verified checkpoint
 (checkpoint.resume: latest); a run that already reached run.steps trains nothing and says so
 in one line (exit code 0). model.init_from=FILE.mdlus starts a new run from the weights of a
 .mdlus file (hpcdiff's or PhysicsNeMo's). Exit code 2: invalid config or input data (nothing
-was run).
+was run); 4: a checkpoint could not be written (the previous one is intact); 75: stopped by one
+of run.stop_signals (SIGTERM, SIGUSR2) after a checkpoint, the Slurm job requeued
+(run.requeue) or the resume command printed (docs/preemption.md).
 """
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hpcdiff.distributed.preempt import TrainingStopped, install_stop_signals
     from hpcdiff.train.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # before the heavy imports below
+    # Exactly run.stop_signals from here; one that came during start-up stops after step 1.
+    install_stop_signals(cfg.run.stop_signals, exactly=True)
     from hpcdiff.train.loop import train
 
-    train(cfg, dry_run=args.dry_run)
+    try:
+        train(cfg, dry_run=args.dry_run)
+    except TrainingStopped:  # the checkpoint is written and the message printed
+        return EXIT_STOPPED
     return EXIT_OK
 
 

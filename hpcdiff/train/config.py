@@ -22,6 +22,7 @@ from hpcdiff.distributed.config import (
     EMAConfig,
     ZeroConfig,
 )
+from hpcdiff.distributed.preempt import DEFAULT_STOP_SIGNALS, signal_of
 from hpcdiff.train.lr import OptimConfig
 
 
@@ -45,6 +46,15 @@ class RunConfig:
     progress: Literal["auto", "always", "never"] = "auto"  # tqdm bar on rank 0; auto: on a TTY
     tensorboard: bool = False  # scalars to `<run dir>/tensorboard` (needs the tensorboard package)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # `<run dir>/logs/rank*.log`
+    # Signals that stop training gracefully: after the current optimizer step every rank
+    # saves a checkpoint and exits with code 75 (docs/preemption.md). Names like SIGUSR2 or
+    # USR2; SIGKILL and SIGSTOP cannot be caught. [] keeps every signal's default action.
+    stop_signals: list[str] = field(default_factory=lambda: list(DEFAULT_STOP_SIGNALS))
+    # After a stop signal: auto requeues a Slurm job (`scontrol requeue`) once the checkpoint
+    # verifies if the job is still RUNNING (not cancelled, not past its time limit), and prints
+    # the resume command otherwise; always requeues in any state and refuses to start outside
+    # a Slurm job; never only prints the command.
+    requeue: Literal["auto", "never", "always"] = "auto"
 
     def validate(self) -> None:
         for key in ("steps", "log_every", "val_batches"):
@@ -53,6 +63,11 @@ class RunConfig:
         if self.val_every < 0:
             raise ConfigError(f"config key 'run.val_every' must be >= 0, got {self.val_every}")
         check_relative_path(self.name, "run.name")  # the run writes only below run.out_dir
+        for name in self.stop_signals:
+            try:
+                signal_of(name)
+            except ValueError as err:
+                raise ConfigError(f"config key 'run.stop_signals': {err}") from None
 
     @property
     def dir(self) -> Path:

@@ -39,6 +39,7 @@ from hpcdiff.distributed import (
     shutdown,
 )
 from hpcdiff.distributed.collectives import barrier, mean_over_ranks
+from hpcdiff.distributed.preempt import check_requeue, conclude, install_stop_signals
 from hpcdiff.logs import close_logging, setup_logging
 from hpcdiff.train.build import DiffusionObjective, build_inference_model
 from hpcdiff.train.config import TrainConfig
@@ -155,6 +156,8 @@ def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, v
 
 def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     """Run (or resume) the experiment ``cfg``; returns the run directory."""
+    stop = install_stop_signals(cfg.run.stop_signals)  # the handler only sets a flag
+    check_requeue(cfg.run.requeue, cfg.checkpoint.resume)
     ctx = init_distributed(cfg.dist)
     rank, world, device = ctx.env.rank, ctx.env.world_size, ctx.device
     require_tensorboard(cfg.run.tensorboard)  # every rank stops, before any work
@@ -219,7 +222,14 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if rank == 0:
         print(json.dumps({"run_dir": str(run_dir), "start_step": start, **summary}), flush=True)
 
+    def checkpoint(step: int) -> Path:  # periodic, final and stop checkpoints alike
+        with nvtx.range("train.ckpt"):
+            extra = {"data": stream.state_dict(), "rng": capture_rng_state(),
+                     "samples_seen": samples_seen}  # fmt: skip
+            return save_checkpoint(engine, ckpt_dir, step, ema, extra, cfg.checkpoint.keep_last)
+
     prof = cfg.profiling
+    stopped = None  # (checkpoint, step) once every rank agreed to stop
     window = CaptureWindow(prof.capture_steps, prof.torch_trace, run_dir, rank, device)
     t_last, steps_since = time.perf_counter(), 0
     for step in range(start, cfg.run.steps):
@@ -254,9 +264,11 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         steps_since += 1
         done = step + 1
         logger.advance(done)
+        # One collective: every rank stops after this step (a run at its last step just ends).
+        stopping = stop.agreed(device) and done < cfg.run.steps
 
         # Log (losses averaged over ranks).
-        if done % cfg.run.log_every == 0 or done == cfg.run.steps:
+        if done % cfg.run.log_every == 0 or done == cfg.run.steps or stopping:
             per_channel = mean_over_ranks(loss_map.detach().float().mean(dim=(0, 2, 3)))
             elapsed = time.perf_counter() - t_last
             logger.log({
@@ -271,13 +283,13 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
             })  # fmt: skip
             t_last, steps_since = time.perf_counter(), 0
 
-        # Checkpoint (every rank writes its shard; atomic).
-        if done % cfg.checkpoint.every_steps == 0 or done == cfg.run.steps:
-            with nvtx.range("train.ckpt"):
-                extra = {"data": stream.state_dict(), "rng": capture_rng_state(),
-                         "samples_seen": samples_seen}  # fmt: skip
-                save_checkpoint(engine, ckpt_dir, done, ema, extra, cfg.checkpoint.keep_last)
+        # Checkpoint (every rank writes its shard; atomic); also when a stop signal came.
+        if done % cfg.checkpoint.every_steps == 0 or done == cfg.run.steps or stopping:
+            path = checkpoint(done)
             t_last = time.perf_counter()  # throughput excludes checkpoint time
+        if stopping:
+            stopped = (path, done)
+            break
 
         # Validate with the EMA weights.
         if cfg.run.val_every and (done % cfg.run.val_every == 0 or done == cfg.run.steps):
@@ -292,7 +304,12 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if valid is not None:
         valid.close()
     logger.close()
+    if stopped is not None:  # verify, then requeue the Slurm job or print how to resume
+        stopped = conclude(*stopped, stop, cfg.run.requeue, cfg.checkpoint.resume,
+                           ctx.env.launcher, rank)  # fmt: skip
     close_logging()
     barrier()
     shutdown()
+    if stopped is not None:
+        raise stopped
     return run_dir
