@@ -113,3 +113,24 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     again = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+@pytest.mark.multiprocess
+def test_a_flipped_byte_past_the_first_hashing_piece_is_found(ckpts):
+    """Files are hashed in 8 MiB pieces: damage in a later piece must be found too."""
+    import hashlib
+    import json
+
+    newest, _ = list_checkpoints(ckpts)
+    big = newest / "extra" / "big.bin"
+    data = bytearray(torch.randint(0, 256, (9 << 20,), dtype=torch.uint8).numpy().tobytes())
+    big.write_bytes(bytes(data))
+    manifest = read_manifest(newest)
+    manifest["files"]["extra/big.bin"] = {
+        "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()
+    }  # fmt: skip
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_checkpoint(newest) == []
+    data[(8 << 20) + 12345] ^= 0x01
+    big.write_bytes(bytes(data))
+    assert verify_checkpoint(newest) == ["extra/big.bin fails its sha256 checksum"]
