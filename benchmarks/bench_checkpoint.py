@@ -3,6 +3,7 @@ checkpoint bytes per parameter at several rank counts.
 
     python benchmarks/bench_checkpoint.py                     # 2 ranks ZeRO-2, 3 model sizes
     python benchmarks/bench_checkpoint.py --sizes 4 32 --ranks 4
+    python benchmarks/bench_checkpoint.py --ema-ranks 1 2 4    # EMA bytes per rank at ZeRO-2
 
 Started without a launcher, the program relaunches itself with ``launchers/torchrun.sh`` for
 each phase: train one step and save on ``--ranks`` ranks at ZeRO-2; resume on the same ranks
@@ -102,11 +103,31 @@ def _baseline(million: float, path: Path) -> tuple[float, float]:
     return save, time.perf_counter() - t0
 
 
+def _ema_scaling(ranks: list[int], work: Path) -> None:
+    """EMA bytes held and saved per rank, and checkpoint bytes in all, per parameter."""
+    import torch
+
+    n = sum(p.numel() for p in _model(4.0).parameters())
+    print(f"{'ranks':>5} {'EMA B/param/rank':>16} {'x 1 rank':>8} {'ckpt B/param':>12}")
+    first = None
+    for world in ranks:
+        ckpt = work / f"r{world}"
+        _launch("save", 4.0, world, 2, ckpt, work / "out.json")
+        state = torch.load(next(ckpt.glob("step_*/state/rank_00000.pt")), weights_only=True)
+        ema = 4 * state["ema"].numel() / n  # float32
+        first = first or ema
+        total = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file()) / n
+        print(f"{world:5d} {ema:16.2f} {ema / first:8.2f} {total:12.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[4.0, 16.0, 64.0],
                         help="model sizes in millions of parameters")  # fmt: skip
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--ema-ranks", type=int, nargs="+",
+                        help="instead: EMA and checkpoint bytes per parameter at ZeRO-2 on these "
+                        "rank counts (4 M parameters)")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--million", type=float, help=argparse.SUPPRESS)
@@ -117,6 +138,11 @@ def main() -> None:
     if args.worker:
         return _worker(args)
     work = Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
+    if args.ema_ranks:
+        try:
+            return _ema_scaling(args.ema_ranks, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     try:
         print(f"{'params':>8} {'MiB':>7} {'B/param':>8} {'save s':>7} {'x raw':>6} "
               f"{'resume s':>8} {'x raw':>6} {'reshard s':>9} {'x raw':>6}")  # fmt: skip
