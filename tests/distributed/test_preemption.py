@@ -256,8 +256,8 @@ def test_slurm_plain_scancel_saves_and_stays_cancelled(slurm, work):
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_slurm_time_limit_finishes_through_requeues(slurm, work):
-    """--time=2 --signal=USR2@50. slurmctld checks time limits every 30 s and signals once
-    fewer than 50 + 30 s are left: 40-70 s after each start (measured 45-50 s). With --time=1
+    """--time=2 --signal=USR2@50. slurmctld checks time limits every 30 s and signalled
+    45-50 s after each start here (up to a minute early, as documented). With --time=1
     that is 0-30 s, before a loaded machine has even started the ranks, and every start trained
     one step. 800 steps (~65 s of compute on an idle machine) outlast one start, so the first
     start stops after some step and requeues, and a later one ends the run. Each start costs
