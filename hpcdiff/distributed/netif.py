@@ -20,13 +20,11 @@ _IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 
 def socket_interface_env(env: DistEnv, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` for a job spanning several nodes.
+    """``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` to export before the process group starts.
 
-    gloo binds the address its host name resolves to, and falls back to loopback when that is
-    unresolvable or a loopback alias (Debian's ``127.0.1.1 host`` line): ranks on other nodes
-    then cannot connect. Set only what the user left unset, only when the job spans nodes
-    (local world size < world size), to the interface the kernel routes rank 0's address
-    through; ``{}`` when that cannot be told (see :func:`interface_towards`).
+    Only the ones the user left unset, only when the job spans nodes (local world size < world
+    size): the interface the kernel routes rank 0's address through; ``{}`` when that cannot be
+    told (see :func:`interface_towards`).
     """
     environ = os.environ if environ is None else environ
     unset = [name for name in _IFNAME_VARS if not environ.get(name)]
