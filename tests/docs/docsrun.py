@@ -52,7 +52,13 @@ SCALE = yaml.safe_load((Path(__file__).with_name("scale.yaml")).read_text())
 SHELL_LANGUAGES = ("bash", "sh", "shell")
 LINKED = ("launchers", "profiling", "scripts", "Makefile", "requirements", "setup.py")
 COUNTS: dict[str, tuple[int, int]] = {}  # page -> (blocks executed, blocks checked only)
-STEP_KEYS = ("run.steps", "checkpoint.every_steps", "run.val_every", "optim.warmup_steps")
+STEP_KEYS = (
+    "run.steps",
+    "checkpoint.every_steps",
+    "run.val_every",
+    "optim.warmup_steps",
+    "sample.num_steps",
+)
 
 
 def step_divisor() -> int:
