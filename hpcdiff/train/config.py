@@ -238,7 +238,8 @@ class SampleConfig:
                 f"config key 'sample.solver': {self.solver!r} is not a solver; allowed: "
                 f"{sorted(SOLVERS)}"
             )
-        lowest = {"num_steps": 1, "ensemble": 1, "times": 1, "overlap_pix": 0, "boundary_pix": 0}
+        # num_steps: every scheduler's time grid needs at least two points (start and end)
+        lowest = {"num_steps": 2, "ensemble": 1, "times": 1, "overlap_pix": 0, "boundary_pix": 0}
         for key, low in lowest.items():
             if getattr(self, key) < low:
                 raise ConfigError(

@@ -52,17 +52,26 @@ SCALE = yaml.safe_load((Path(__file__).with_name("scale.yaml")).read_text())
 SHELL_LANGUAGES = ("bash", "sh", "shell")
 LINKED = ("launchers", "profiling", "scripts", "Makefile", "requirements", "setup.py")
 COUNTS: dict[str, tuple[int, int]] = {}  # page -> (blocks executed, blocks checked only)
-STEP_KEYS = ("run.steps", "checkpoint.every_steps", "run.val_every", "optim.warmup_steps")
+STEP_KEYS = (
+    "run.steps",
+    "checkpoint.every_steps",
+    "run.val_every",
+    "optim.warmup_steps",
+    "sample.num_steps",
+)
 
 
 def step_divisor() -> int:
     return int(os.environ.get("HPCDIFF_DOCS_STEP_DIVISOR", SCALE["step_divisor"]))
 
 
-def scale_steps(n: int, divisor: int | None = None) -> int:
-    """A step count divided by the divisor, rounded, at least 1 (0 stays 0: 'off')."""
+LOWEST = {"sample.num_steps": 2}  # the samplers' time grids need two points
+
+
+def scale_steps(n: int, divisor: int | None = None, lowest: int = 1) -> int:
+    """A step count divided by the divisor, rounded, at least ``lowest`` (0 stays 0: 'off')."""
     divisor = divisor or step_divisor()
-    return 0 if n == 0 else max(1, round(n / divisor))
+    return 0 if n == 0 else max(lowest, round(n / divisor))
 
 
 def scale_window(window: list[int], divisor: int | None = None) -> list[int]:
@@ -75,7 +84,11 @@ def scale_window(window: list[int], divisor: int | None = None) -> list[int]:
 def scale_command(text: str) -> str:
     """Step counts in KEY=VALUE overrides and checkpoint directory names of a shell block."""
     keys = "|".join(re.escape(k) for k in STEP_KEYS)
-    text = re.sub(rf"\b({keys})=(\d+)", lambda m: f"{m[1]}={scale_steps(int(m[2]))}", text)
+    text = re.sub(
+        rf"\b({keys})=(\d+)",
+        lambda m: f"{m[1]}={scale_steps(int(m[2]), lowest=LOWEST.get(m[1], 1))}",
+        text,
+    )
     text = re.sub(
         r"\bprofiling\.capture_steps=\[(\d+), *(\d+)\]",
         lambda m: "profiling.capture_steps=[{}, {}]".format(*scale_window([int(m[1]), int(m[2])])),
@@ -104,7 +117,7 @@ def scaled_config(name: str, cfg: dict) -> dict:
     for key in STEP_KEYS:
         value = _get(cfg, key)
         if isinstance(value, int):
-            _set(cfg, key, scale_steps(value))
+            _set(cfg, key, scale_steps(value, lowest=LOWEST.get(key, 1)))
     window = _get(cfg, "profiling.capture_steps")
     if window:
         _set(cfg, "profiling.capture_steps", scale_window(window))

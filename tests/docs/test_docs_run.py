@@ -74,6 +74,7 @@ def test_scaling_divides_every_step_count():
         "'profiling.capture_steps=[0, 1]' run.steps=1"
     )
     assert scale_command("run.val_every=0 run.steps=3") == "run.val_every=0 run.steps=1"
+    assert scale_command("sample.num_steps=32") == "sample.num_steps=2"  # samplers need 2
     cfg = scaled_config("dit_zero2.yaml", {"run": {"steps": 2000}, "model": {"args": {}}})
     assert cfg["run"]["steps"] == 4 and cfg["model"]["args"]["depth"] == 1
     assert cfg["data"]["batch_size"] == 1
