@@ -258,12 +258,12 @@ def test_slurm_plain_scancel_saves_and_stays_cancelled(slurm, work):
 @pytest.mark.slow
 def test_slurm_time_limit_finishes_through_requeues(slurm, work):
     """--time=2 --signal=USR2@50: slurmctld checks time limits every 30 s and signalled 45-50 s
-    after the start here (up to a minute early, as documented). 800 steps (~65 s of compute on
+    after the start here (up to a minute early, as documented). 3000 steps (~150 s of compute on
     an idle machine) outlast the first start, which stops after some step and requeues.
     To keep CI short (a loaded machine spends 20-40 s of each start starting up, and with the
     signal 45-50 s in, later starts would train a step or two each) the test releases the
     requeued job with a 10 min limit, so the second start ends the run."""
-    env, name, steps = env_for(**slurm), "slurm_time", 800
+    env, name, steps = env_for(**slurm), "slurm_time", 3000
     job = submit(work, name, env, ["--time=2", "--signal=USR2@50"], f"run.steps={steps}")
     fields = follow_job(job, env, 1200, "TimeLimit=10")
     log = (work / f"{name}.out").read_text()
