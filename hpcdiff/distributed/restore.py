@@ -29,10 +29,9 @@ class SavedState:
         self.path = path
         self.shapes = manifest["params"]
         self.files = [
-            torch.load(path / "state" / f"rank_{r:05d}.pt", map_location="cpu",
-                       weights_only=True, mmap=True)
+            torch.load(path / "state" / f"rank_{r:05d}.pt", weights_only=True, mmap=True)
             for r in range(int(manifest["world_size"]))
-        ]  # fmt: skip
+        ]  # memory-mapped: a rank reads only the ranges it copies out
         self.index: dict[str, list[tuple[int, int, int, int]]] = {n: [] for n in self.shapes}
         for r, state in enumerate(self.files):
             offsets = torch.cumsum(state["numel"], 0) - state["numel"]
@@ -110,6 +109,8 @@ def _restore_fixed(module: torch.nn.Module, fixed: dict[str, torch.Tensor]) -> N
 def restore_state(engine: Any, path: Path, manifest: dict, ema: ShardedEMA | None) -> None:
     """Load checkpoint ``path`` into ``engine`` (and ``ema``) on this rank (collective only
     through DeepSpeed's ZeRO-3 partition bookkeeping, which is local)."""
+    from hpcdiff.distributed.checkpoint import load_torch
+
     shards = EngineShards(engine)
     _check_params(path, manifest, shards)
     saved = SavedState(path, manifest)
@@ -122,6 +123,5 @@ def restore_state(engine: Any, path: Path, manifest: dict, ema: ShardedEMA | Non
     shards.set_adam_step(int(manifest["adam_step"]))
     if ema is not None:
         ema.load_fragments(lambda i, f: saved.read(ema.names[i], "ema", f.start, f.numel))
-    _restore_fixed(engine.module, torch.load(path / "module.pt", map_location="cpu",
-                                             weights_only=True))  # fmt: skip
+    _restore_fixed(engine.module, load_torch(path / "module.pt"))
     _restore_counters(engine, manifest.get("engine", {}))
