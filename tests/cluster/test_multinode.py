@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from clusterlaunch import AGENT, NODES, ROOT, SCRIPT, kill_group, losses, read_records, wait_all
+from clusterlaunch import AGENT, NODES, ROOT, SCRIPT, kill_group, losses, read_records
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -122,13 +122,6 @@ def check_layout(work: Path, name: str, launcher: str) -> list[dict]:
     return records
 
 
-def test_torchrun_two_nodes_c10d(cluster, work, reference):
-    procs, logs = torchrun_nodes(cluster, work, "torchrun", train("torchrun"))
-    wait_all(procs, logs)
-    assert losses(work / "runs" / "torchrun") == {s: reference[s] for s in range(1, STEPS + 1)}
-    check_layout(work, "torchrun", "torchrun")
-
-
 def test_sbatch_two_nodes(cluster, work, reference):
     env = cluster.env(work / "rec" / "sbatch")
     log = work / "sbatch.out"
@@ -194,7 +187,9 @@ def test_tiled_sampling_two_nodes_equals_one_process(cluster, work, reference):
 
 
 def test_node_failure_names_the_node_then_the_run_resumes(cluster, work, reference):
-    """Kill every process of node2's launch mid-run: node1's ranks exit within dist.timeout_s
+    """torchrun --nnodes 2 --nproc-per-node 2 (c10d rendezvous on node1) gives the 4-rank
+    one-node losses and layout; then kill every process of node2's launch mid-run: node1's
+    ranks exit within dist.timeout_s
     naming node2's ranks; the same command on the remaining node (its 2 ranks) resumes from
     the newest checkpoint, resharded from 4 ranks."""
     run = work / "runs" / "fail"
@@ -233,6 +228,7 @@ def test_node_failure_names_the_node_then_the_run_resumes(cluster, work, referen
     out = cluster.run("node1", cmd, env, work, work / "resume.log")
     start = int(out.split('"start_step": ')[1].split(",")[0])
     assert 2 <= start <= done and start % 2 == 0  # the newest checkpoint before the kill
+    check_layout(work, "fail", "torchrun")  # the 2-node torchrun launch (c10d) before the kill
     assert "written by 4 ranks at ZeRO-" in (run / "logs" / "rank00000.log").read_text()
     after = losses(run)
     assert sorted(after) == sorted(reference)
