@@ -124,8 +124,12 @@ class EngineShards:
 
     def _zero0_state(self, p: torch.nn.Parameter, key: str | None) -> torch.Tensor:
         master = self._masters.get(id(p), p)
-        tensor = master.data if key is None else self.base.state[master][key]
-        return tensor.view(-1)
+        if key is None:
+            return master.data.view(-1)
+        state = self.base.state.get(master, {})
+        if key not in state:  # never updated (no gradient yet): Adam's moments are zero
+            return torch.zeros(master.numel())
+        return state[key].view(-1)
 
     def read(self, i: int, key: str | None = None) -> torch.Tensor:
         """Float32 master weights (``key`` None) or Adam state ``key`` of fragment ``i``."""
