@@ -27,12 +27,16 @@ def _joined(path: Path, key: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def _fixed(path: Path) -> dict[str, torch.Tensor]:
+    """Buffers and frozen parameters (``module.pt``), floating ones as float32."""
+    return {k: v.float() if v.is_floating_point() else v
+            for k, v in load_torch(path / "module.pt").items()}  # fmt: skip
+
+
 def model_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Whole float32 weights and buffers of the trained model in checkpoint ``path``."""
     path = Path(path)
-    fixed = {k: v.float() if v.is_floating_point() else v
-             for k, v in load_torch(path / "module.pt").items()}  # fmt: skip
-    return {**fixed, **_joined(path, "fp32")}
+    return {**_fixed(path), **_joined(path, "fp32")}
 
 
 def ema_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -41,7 +45,7 @@ def ema_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not read_manifest(path)["has_ema"]:
         raise FileNotFoundError(f"{path}: checkpoint holds no EMA")
-    return {**model_state_dict(path), **_joined(path, "ema")}
+    return {**_fixed(path), **_joined(path, "ema")}  # every trained parameter has an EMA
 
 
 def consolidate_checkpoint(
