@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -132,12 +133,19 @@ def _leave_at_exit() -> None:
 
 
 def _install_excepthook(watchdog: Watchdog) -> Any:
-    """After the usual traceback, name the failing rank to the others (see Watchdog)."""
+    """After the usual traceback, name the failing rank to the others (see Watchdog) and exit
+    at once with 1, as Python would. Not through the interpreter's normal exit: its atexit
+    hooks include mpi4py's MPI_Finalize, which under Open MPI waits for every rank and so
+    hangs for good next to a hung one (seen when gloo's timeout beat the watchdog's)."""
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb) -> None:
         previous(exc_type, exc, tb)
         watchdog.report_failure(exc)
+        logging.shutdown()  # flush and close the rank's log file
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(1)
 
     sys.excepthook = hook
     return previous
