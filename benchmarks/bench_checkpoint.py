@@ -45,7 +45,7 @@ def _worker(args) -> None:
     from hpcdiff.distributed.ema import ShardedEMA
     from hpcdiff.distributed.engine import build_engine
     from hpcdiff.distributed.runtime import init_distributed, shutdown
-    from hpcdiff.train.lr import OptimConfig
+    from hpcdiff.experiment.config import OptimConfig
 
     ctx = init_distributed(DistConfig(timeout_s=600))
     torch.manual_seed(0)

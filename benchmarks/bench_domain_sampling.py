@@ -45,7 +45,7 @@ def build_model(args: argparse.Namespace, shape: tuple[int, int]):
     """The small UNet of the trainer, or a pointwise backbone with the same embedding."""
     from hpcdiff.core import Module
     from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
-    from hpcdiff.train.build import build_inference_model
+    from hpcdiff.experiment.build import build_inference_model
 
     torch.manual_seed(0)
     patch, pe = (args.patch, args.patch), None if args.pe == "none" else args.pe

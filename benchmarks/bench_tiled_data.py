@@ -45,7 +45,7 @@ def make_data(out: Path, shape: tuple[int, int], times: int) -> dict:
 
 def _stream_rank0(data: dict, grid: tuple[int, int], batches: int, queue) -> None:
     from hpcdiff.config import from_dict
-    from hpcdiff.train.config import TrainConfig
+    from hpcdiff.experiment.config import TrainConfig
     from hpcdiff.train.loop import open_sources, open_stream, partition
 
     cfg = from_dict(TrainConfig, {"data": data, "domain": {"grid": list(grid)}})

@@ -43,9 +43,9 @@ def _measure(ctx, name: str, resolution: int, stage: int, precision: str):
     from hpcdiff.distributed.config import ZeroConfig
     from hpcdiff.distributed.engine import build_engine
     from hpcdiff.distributed.memory import ZeroMemoryProbe
+    from hpcdiff.experiment.config import OptimConfig
     from hpcdiff.models.registry import create_model
     from hpcdiff.train.loop import autocast
-    from hpcdiff.train.lr import OptimConfig
 
     torch.manual_seed(0)
     model = create_model(name, resolution=resolution, in_channels=4)

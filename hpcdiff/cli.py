@@ -50,7 +50,7 @@ _COMMAND_MODULES = {
     "hpcdiff.train.profile_cli": "profile",
     "hpcdiff.data.cli": "data",
     "hpcdiff.models.cli": "models",
-    "hpcdiff.config.cli": "config",
+    "hpcdiff.experiment.cli": "config",
 }
 
 

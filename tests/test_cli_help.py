@@ -19,7 +19,7 @@ import yaml
 
 import hpcdiff
 from hpcdiff.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, build_parser, main, parse_args
-from hpcdiff.train.config import TrainConfig
+from hpcdiff.experiment.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
@@ -200,7 +200,7 @@ def run_dir(tmp_path_factory) -> Path:
     synthetic dataset and one (empty, verifiable) checkpoint."""
     from hpcdiff.config import write_yaml
     from hpcdiff.distributed.checkpoint import FORMAT
-    from hpcdiff.train.config import load_config
+    from hpcdiff.experiment.config import load_config
 
     work = tmp_path_factory.mktemp("sample_plan")
     argv = ["data", "synth", "--out", str(work / "data"), "--shape", "16", "16"]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from hpcdiff.config import ConfigError, from_dict
 from hpcdiff.data.cf import parse_time
-from hpcdiff.train.config import TrainConfig, load_config
+from hpcdiff.experiment.config import TrainConfig, load_config
 
 COUNTER = itertools.count()
 BASE = {"data": {"files": ["data/x_*.nc"], "variables": ["t2m", "tp"]}}

@@ -1,12 +1,12 @@
 """The config reference (``docs/configs.md``), generated from the section dataclasses.
 
-Every dataclass-typed field of the root config (:class:`hpcdiff.train.config.TrainConfig`) is
-a section, walked recursively; each other field is a row: dotted key, type (``Literal``
-choices spelled out), default and meaning. The meaning is the field's comment in the source:
-a trailing ``# comment`` on the field's line(s), else the comment lines directly above it,
-so documenting a new key is writing its comment. ``python -m hpcdiff.config.reference -o
-docs/configs.md`` (or ``hpcdiff config reference``) rewrites the file; ``--check`` fails
-when it is stale, which a test does.
+Every dataclass-typed field of a root config (the experiment's is
+:class:`hpcdiff.experiment.config.TrainConfig`) is a section, walked recursively; each other
+field is a row: dotted key, type (``Literal`` choices spelled out), default and meaning. The
+meaning is the field's comment in the source: a trailing ``# comment`` on the field's line(s),
+else the comment lines directly above it, so documenting a new key is writing its comment.
+``hpcdiff config reference -o docs/configs.md`` rewrites the file; ``--check`` fails when it
+is stale, which a test does.
 """
 
 from __future__ import annotations
@@ -166,12 +166,8 @@ def _sections(cls: type, prefix: str, level: int, lines: list[str]) -> None:
         _sections(sub, key, level + 1, lines)
 
 
-def render(root: type | None = None) -> str:
-    """The Markdown reference of the dataclass ``root`` (default: ``TrainConfig``)."""
-    if root is None:
-        from hpcdiff.train.config import TrainConfig
-
-        root = TrainConfig
+def render(root: type) -> str:
+    """The Markdown reference of the root config dataclass ``root``."""
     hints = typing.get_type_hints(root)
     names = [f.name for f in dataclasses.fields(root) if dataclasses.is_dataclass(hints[f.name])]
     lines = [HEADER, "Sections: " + ", ".join(f"[`{n}`](#{n})" for n in names) + ".", ""]
@@ -179,13 +175,12 @@ def render(root: type | None = None) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write (``-o``) or check (``--check``) the reference; print it without either."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hpcdiff.config.reference", description=__doc__.split("\n\n")[0]
-    )
+def main(argv: list[str], root: type) -> int:
+    """Write (``-o``) or check (``--check``) the reference of ``root``; print it without
+    either."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parser.parse_args(argv), root)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,9 +190,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """``-o``/``--check``/print, as parsed by :func:`add_arguments`."""
-    text = render()
+def run(args: argparse.Namespace, root: type) -> int:
+    """``-o``/``--check``/print the reference of ``root``, as parsed by :func:`add_arguments`."""
+    text = render(root)
     if args.check:
         path = Path(args.check)
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
@@ -214,7 +209,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -190,7 +190,7 @@ class CheckpointConfig:
 
 @dataclass
 class DomainConfig:
-    """Section ``domain``: domain decomposition of training (see :mod:`hpcdiff.train.tiling`).
+    """Section ``domain``: domain decomposition of training (see :mod:`hpcdiff.experiment.tiling`).
 
     ``grid: [py, px]`` ranks share each sample, each reading and training on the patches of its
     own tile; world = data groups x py px (the product must divide the world size).

@@ -177,7 +177,7 @@ def evaluate_run(
     """:func:`evaluate` for a run directory: its newest samples file, variables, truth files
     and patch grid from ``<run_dir>/config.yaml``, loss curves from ``metrics.jsonl``; output
     to ``<run_dir>/eval`` by default."""
-    from hpcdiff.train.config import load_config
+    from hpcdiff.experiment.config import load_config
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")

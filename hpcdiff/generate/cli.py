@@ -56,7 +56,7 @@ def sampling_plan(
     from hpcdiff.data.errors import DataError
     from hpcdiff.data.normalize import Normalizer
     from hpcdiff.data.stream import open_sources
-    from hpcdiff.train.config import load_config
+    from hpcdiff.experiment.config import load_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

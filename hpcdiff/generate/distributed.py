@@ -159,7 +159,7 @@ def _load_collectively(ckpt: Path, output: Path, rank: int) -> Any:
     """The consolidated trained objective on every rank (consolidation verifies the checkpoint
     collectively, so all ranks run it; only rank 0 writes ``output``, the others a temp file)."""
     from hpcdiff.distributed import consolidate_checkpoint
-    from hpcdiff.train.build import DiffusionObjective
+    from hpcdiff.experiment.build import DiffusionObjective
 
     with tempfile.TemporaryDirectory() as tmp:
         path = output if rank == 0 else Path(tmp) / output.name
@@ -173,7 +173,7 @@ def _sample_valid_times(objective: Any, cfg: Any, device: torch.device) -> tuple
     reads only its tile of the target and the condition."""
     from hpcdiff.data import DataStream
     from hpcdiff.data.stream import open_sources
-    from hpcdiff.train.loop import condition_of
+    from hpcdiff.experiment.conditioning import condition_of
     from hpcdiff.train.progress import SamplingProgress
 
     s = cfg.sample

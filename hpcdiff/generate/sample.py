@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcdiff.train.config import load_config
+from hpcdiff.experiment.config import load_config
 
 
 def generate(run_dir: str | Path, overrides: list[str] = ()) -> dict:

@@ -29,7 +29,7 @@ of run.stop_signals (SIGTERM, SIGUSR2) after a checkpoint, the Slurm job requeue
 
 def _run(args: argparse.Namespace) -> int:
     from hpcdiff.distributed.preempt import TrainingStopped, install_stop_signals
-    from hpcdiff.train.config import load_config
+    from hpcdiff.experiment.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # before the heavy imports below
     # Exactly run.stop_signals from here; one that came during start-up stops after step 1.

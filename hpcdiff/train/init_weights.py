@@ -86,7 +86,7 @@ def read_source(path: str | Path) -> tuple[str, torch.nn.Module, dict[str, torch
     kind = _file_kind(path)
     try:
         if kind == "hpcdiff":
-            import hpcdiff.train.build  # noqa: F401  (registers DiffusionObjective)
+            import hpcdiff.experiment.build  # noqa: F401  (registers DiffusionObjective)
 
             module = Module.from_checkpoint(path)  # complete by construction (Module.save)
             return kind, module, module.state_dict()

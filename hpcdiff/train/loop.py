@@ -23,7 +23,7 @@ import yaml
 from hpcdiff import nvtx
 from hpcdiff.config import to_dict, write_yaml
 from hpcdiff.config.checks import check_domain_grid
-from hpcdiff.data import Batch, DataStream
+from hpcdiff.data import DataStream
 from hpcdiff.data.stream import open_sources
 from hpcdiff.data.tiles import Tile
 from hpcdiff.distributed import (
@@ -40,9 +40,11 @@ from hpcdiff.distributed import (
 )
 from hpcdiff.distributed.collectives import barrier, mean_over_ranks
 from hpcdiff.distributed.preempt import check_requeue, conclude, install_stop_signals
+from hpcdiff.experiment.build import DiffusionObjective, build_inference_model
+from hpcdiff.experiment.conditioning import condition_of
+from hpcdiff.experiment.config import TrainConfig
+from hpcdiff.experiment.tiling import training_window
 from hpcdiff.logs import close_logging, setup_logging
-from hpcdiff.train.build import DiffusionObjective, build_inference_model
-from hpcdiff.train.config import TrainConfig
 from hpcdiff.train.init_weights import init_from
 from hpcdiff.train.lr import lr_at, set_lr
 from hpcdiff.train.metrics import (
@@ -53,13 +55,6 @@ from hpcdiff.train.metrics import (
 )
 from hpcdiff.train.preflight import check_time_ranges, finished_message
 from hpcdiff.train.profile_window import CaptureWindow
-from hpcdiff.train.tiling import training_window
-
-
-def condition_of(batch: Batch) -> torch.Tensor | None:
-    """Regridded coarse condition and static fields stacked along channels (B, Cc, H, W)."""
-    parts = [p for p in (batch.condition, batch.static) if p is not None]
-    return torch.cat(parts, dim=1) if parts else None
 
 
 class Partition(NamedTuple):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hpcdiff.data.errors import DataError
 from hpcdiff.data.stream import condition_time_map
-from hpcdiff.train.config import TrainConfig
+from hpcdiff.experiment.config import TrainConfig
 
 
 def check_time_ranges(cfg: TrainConfig, sources: dict) -> None:

@@ -17,9 +17,8 @@ from hpcdiff.config.checks import (
 from hpcdiff.diffusion.multi_diffusion import GridPatching2D, MultiDiffusionModel2D
 from hpcdiff.diffusion.samplers import SOLVERS
 from hpcdiff.distributed.engine import deepspeed_config
-from hpcdiff.train.build import _SCHEDULERS, build_scheduler
-from hpcdiff.train.config import DiffusionConfig, TrainConfig
-from hpcdiff.train.lr import OptimConfig
+from hpcdiff.experiment.build import _SCHEDULERS, build_scheduler
+from hpcdiff.experiment.config import DiffusionConfig, OptimConfig, TrainConfig
 
 DATA = {"files": ["data/x_*.nc"], "variables": ["t2m"]}
 

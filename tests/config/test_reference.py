@@ -7,6 +7,7 @@ from typing import Literal
 import pytest
 
 from hpcdiff.config.reference import field_comments, main, render
+from hpcdiff.experiment.config import TrainConfig
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configs.md"
 
@@ -62,13 +63,13 @@ def test_render_walks_nested_sections_with_types_and_defaults():
 
 
 def test_docs_configs_md_is_up_to_date():
-    assert DOC.is_file() and DOC.read_text() == render(), (
+    assert DOC.is_file() and DOC.read_text() == render(TrainConfig), (
         "docs/configs.md is stale: run `hpcdiff config reference -o docs/configs.md`"
     )
 
 
 def test_every_config_key_has_a_meaning():
-    rows = [line for line in render().splitlines() if line.startswith("| `")]
+    rows = [line for line in render(TrainConfig).splitlines() if line.startswith("| `")]
     undocumented = [row.split("|")[1].strip() for row in rows if row.endswith("|  |")]
     assert len(rows) > 50
     assert not undocumented, f"add a `# comment` to these config fields: {undocumented}"
@@ -77,12 +78,12 @@ def test_every_config_key_has_a_meaning():
 def test_check_flags_a_stale_file(tmp_path, capsys):
     stale = tmp_path / "configs.md"
     stale.write_text("old\n")
-    assert main(["--check", str(stale)]) == 1
+    assert main(["--check", str(stale)], TrainConfig) == 1
     assert "out of date" in capsys.readouterr().err
-    assert main(["-o", str(stale)]) == 0
-    assert main(["--check", str(stale)]) == 0
+    assert main(["-o", str(stale)], TrainConfig) == 0
+    assert main(["--check", str(stale)], TrainConfig) == 0
 
 
 @pytest.mark.parametrize("name", ["data", "run", "zero", "sample", "domain"])
 def test_every_section_of_the_train_config_is_listed(name):
-    assert f"\n## `{name}`\n" in render()
+    assert f"\n## `{name}`\n" in render(TrainConfig)

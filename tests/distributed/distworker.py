@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 
 from hpcdiff.core import Module
 from hpcdiff.distributed.config import EMAConfig
-from hpcdiff.train.lr import OptimConfig, lr_at, set_lr
+from hpcdiff.experiment.config import OptimConfig
+from hpcdiff.train.lr import lr_at, set_lr
 
 GLOBAL_BATCH = 8
 SHAPE = (4, 8, 8)  # C H W

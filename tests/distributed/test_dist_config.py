@@ -12,7 +12,7 @@ import torch
 from hpcdiff.config import ConfigError, from_dict
 from hpcdiff.distributed.config import CheckpointConfig, DistConfig, EMAConfig, ZeroConfig
 from hpcdiff.distributed.engine import deepspeed_config
-from hpcdiff.train.lr import OptimConfig
+from hpcdiff.experiment.config import OptimConfig
 
 CPU = torch.device("cpu")
 

@@ -25,7 +25,7 @@ from hpcdiff.distributed.preempt import (
     signal_of,
     slurm_job_id,
 )
-from hpcdiff.train.config import load_config
+from hpcdiff.experiment.config import load_config
 
 BIN = Path(sys.executable).parent
 

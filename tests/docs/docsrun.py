@@ -303,7 +303,7 @@ def check_shell(page: Page, example, text: str) -> None:
 def check_hpcdiff(work: Path, args: list[str], where: str) -> None:
     """Parse an hpcdiff command line with hpcdiff's parser and load the config it names."""
     from hpcdiff.cli import parse_args
-    from hpcdiff.train.config import load_config
+    from hpcdiff.experiment.config import load_config
 
     try:
         ns = parse_args(list(args))

@@ -22,9 +22,9 @@ from tensordict import TensorDict
 from hpcdiff.core import Module
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
 from hpcdiff.distributed.checkpoint import read_manifest
+from hpcdiff.experiment.build import DiffusionObjective
+from hpcdiff.experiment.config import load_config
 from hpcdiff.train import checkpoint_cli
-from hpcdiff.train.build import DiffusionObjective
-from hpcdiff.train.config import load_config
 from hpcdiff.train.loop import build_objective
 
 pytestmark = pytest.mark.multiprocess  # the fixture's training run uses torchrun

@@ -18,8 +18,8 @@ import pytest
 
 from hpcdiff.config import ConfigError, from_dict, read_yaml, to_dict
 from hpcdiff.distributed import estimate_zero_memory
+from hpcdiff.experiment.config import TrainConfig, load_config
 from hpcdiff.models import count_parameters
-from hpcdiff.train.config import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

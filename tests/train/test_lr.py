@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from hpcdiff.config import ConfigError, from_dict
-from hpcdiff.train.lr import OptimConfig, lr_at, set_lr
+from hpcdiff.experiment.config import OptimConfig
+from hpcdiff.train.lr import lr_at, set_lr
 
 
 def test_warmup_is_linear_then_constant():

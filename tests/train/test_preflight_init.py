@@ -134,8 +134,8 @@ def _physicsnemo_file(path: Path, backbone: Module, drop: str, extra: str) -> di
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_init_from_physicsnemo_partial_on_two_ranks_zero3(work):
+    from hpcdiff.experiment.config import load_config
     from hpcdiff.models import SongUNet
-    from hpcdiff.train.config import load_config
     from hpcdiff.train.loop import build_objective
 
     cfg = load_config(work / "tiny.yaml")

@@ -17,8 +17,8 @@ from hpcdiff.config.checks import check_domain_grid
 from hpcdiff.core import Module
 from hpcdiff.data.tiles import Tile
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
-from hpcdiff.train import build
-from hpcdiff.train.tiling import (
+from hpcdiff.experiment import build
+from hpcdiff.experiment.tiling import (
     draw_corners,
     gather_patches,
     training_window,

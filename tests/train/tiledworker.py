@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from hpcdiff.experiment.config import load_config
 from hpcdiff.train import loop
-from hpcdiff.train.config import load_config
 
 
 def main() -> None:

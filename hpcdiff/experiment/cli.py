@@ -18,7 +18,7 @@ def _check(args: argparse.Namespace) -> int:
     import yaml
 
     from hpcdiff.config import to_dict
-    from hpcdiff.train.config import load_config
+    from hpcdiff.experiment.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # ConfigError: exit 2 (hpcdiff.cli.main)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
@@ -28,8 +28,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _reference(args: argparse.Namespace) -> int:
     from hpcdiff.config.reference import run
+    from hpcdiff.experiment.config import TrainConfig
 
-    return run(args)
+    return run(args, TrainConfig)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,7 +1,7 @@
 """The experiment config of ``hpcdiff train``: one dataclass section per component.
 
 Sections: ``run`` (here), ``data`` (:class:`hpcdiff.data.DataConfig`), ``model`` and
-``diffusion`` (here), ``optim`` (:class:`hpcdiff.train.lr.OptimConfig`), ``dist``, ``zero``,
+``diffusion`` (here), ``optim`` (here), ``dist``, ``zero``,
 ``ema``, ``checkpoint``, ``domain`` (:mod:`hpcdiff.distributed.config`), ``profiling`` and
 ``sample`` (here).
 """
@@ -23,7 +23,6 @@ from hpcdiff.distributed.config import (
     ZeroConfig,
 )
 from hpcdiff.distributed.preempt import DEFAULT_STOP_SIGNALS, signal_of
-from hpcdiff.train.lr import OptimConfig
 
 
 @dataclass
@@ -72,6 +71,37 @@ class RunConfig:
     @property
     def dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+
+@dataclass
+class OptimConfig:
+    """Config section ``optim``."""
+
+    lr: float = 2e-4  # AdamW learning rate after warm-up (the peak of every schedule)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW decay rates of the moment estimates
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (0 disables it)
+    eps: float = 1e-8  # AdamW term added to the denominator for numerical stability
+    # Optimizer steps of linear warm-up, from lr / warmup_steps up to lr; 0 disables it.
+    warmup_steps: int = 0
+    # After warm-up: constant lr; cosine decay to min_lr_ratio x lr at run.steps; or
+    # inverse_sqrt, lr x sqrt(max(warmup_steps, 1) / step) with steps counted from 1.
+    schedule: Literal["constant", "cosine", "inverse_sqrt"] = "constant"
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    grad_clip: float = 0.0  # 0 disables clipping
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"config key 'optim.lr' must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(
+                f"config key 'optim.warmup_steps' must be >= 0, got {self.warmup_steps}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(
+                f"config key 'optim.min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}"
+            )
+        if self.grad_clip < 0:
+            raise ConfigError(f"config key 'optim.grad_clip' must be >= 0, got {self.grad_clip}")
 
 
 @dataclass
@@ -143,7 +173,7 @@ class DiffusionConfig:
         """The scheduler class name and its keyword arguments (None: it takes any)."""
         import inspect
 
-        from hpcdiff.train.build import _SCHEDULERS
+        from hpcdiff.experiment.build import _SCHEDULERS
 
         cls = _SCHEDULERS[self.scheduler]
         params = inspect.signature(cls).parameters.values()

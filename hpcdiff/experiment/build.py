@@ -18,9 +18,9 @@ from hpcdiff.diffusion import noise_schedulers as ns
 from hpcdiff.diffusion import preconditioners as pc
 from hpcdiff.diffusion.metrics import WeightedMSEDSMLoss
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
+from hpcdiff.experiment.tiling import draw_corners, gather_patches
 from hpcdiff.models import SongUNetDiffusionModel, create_model
 from hpcdiff.models.registry import model_config
-from hpcdiff.train.tiling import draw_corners, gather_patches
 
 _SCHEDULERS = {
     "edm": ns.EDMNoiseScheduler,

@@ -1,0 +1,6 @@
+"""The experiment definition that training, generation and evaluation share.
+
+``config`` (the typed config sections of an experiment), ``build`` (the objective and
+inference-model builders), ``conditioning`` (what the model is conditioned on) and ``tiling``
+(where a rank's patches lie on the grid).
+"""
