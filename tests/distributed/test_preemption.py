@@ -188,9 +188,11 @@ def job_fields(job: str, env: dict) -> dict[str, str]:
     return dict(f.split("=", 1) for f in show.stdout.split() if "=" in f)
 
 
-def follow_job(job: str, env: dict, timeout: float, *release: str) -> dict[str, str]:
+def follow_job(
+    job: str, env: dict, timeout: float, *release: str, on_requeue=None
+) -> dict[str, str]:
     """Until the job ends: release each requeue at once (instead of its ~2 min BeginTime),
-    also setting the job fields ``release`` (``KEY=VALUE``)."""
+    also setting the job fields ``release`` (``KEY=VALUE``), after calling ``on_requeue()``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         fields = job_fields(job, env)
@@ -198,6 +200,8 @@ def follow_job(job: str, env: dict, timeout: float, *release: str) -> dict[str, 
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             return fields
         if state == "PENDING" and fields.get("Reason") == "BeginTime":
+            if on_requeue is not None:
+                on_requeue()
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now", *release],
                            env=env, capture_output=True)  # fmt: skip
         time.sleep(0.5)
@@ -205,11 +209,14 @@ def follow_job(job: str, env: dict, timeout: float, *release: str) -> dict[str, 
     pytest.fail(f"job {job} did not end in {timeout} s: {job_fields(job, env)}")
 
 
-def submit(work: Path, name: str, env: dict, sbatch_args: list[str], *overrides: str) -> str:
+def submit(
+    work: Path, name: str, env: dict, sbatch_args: list[str], *overrides: str,
+    config: str = "tiny.yaml",
+) -> str:  # fmt: skip
     cmd = [
         "sbatch", "--parsable", "-N1", "-n2", "--gpus-per-node=0", "--cpus-per-task=1",
         "--open-mode=append", f"--output={work / name}.out", f"--chdir={work}", *sbatch_args,
-        str(LAUNCHERS / "sbatch.sh"), "train", "--config", "tiny.yaml", f"run.name={name}",
+        str(LAUNCHERS / "sbatch.sh"), "train", "--config", config, f"run.name={name}",
         *overrides,
     ]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -260,21 +267,32 @@ def test_slurm_time_limit_finishes_through_requeues(slurm, work):
     """--time=2 --signal=USR2@50: slurmctld checks time limits every 30 s and signalled 45-50 s
     after the start here (up to a minute early, as documented). 3000 steps (~150 s of compute on
     an idle machine) outlast the first start, which stops after some step and requeues.
-    To keep CI short (a loaded machine spends 20-40 s of each start starting up, and with the
-    signal 45-50 s in, later starts would train a step or two each) the test releases the
-    requeued job with a 10 min limit, so the second start ends the run."""
-    env, name, steps = env_for(**slurm), "slurm_time", 3000
-    job = submit(work, name, env, ["--time=2", "--signal=USR2@50"], f"run.steps={steps}")
-    fields = follow_job(job, env, 1200, "TimeLimit=10")
-    log = (work / f"{name}.out").read_text()
+    To keep CI short the test then does what a user extending or shortening a run does: it
+    edits run.steps in the job's config file (to 12 steps past the stop) and releases the
+    requeued job with a 10 min limit, so the second start resumes and ends the run."""
+    env, name, planned = env_for(**slurm), "slurm_time", 3000
+    cfg = yaml.safe_load((work / "tiny.yaml").read_text())
+    config = work / "time.yaml"
+    config.write_text(yaml.safe_dump({**cfg, "run": {**cfg["run"], "steps": planned}}))
+    log_file = work / f"{name}.out"
+
+    def shorten() -> None:
+        stop = re.search(r"SIG\w+: stopped after step (\d+)", log_file.read_text())
+        if stop:
+            short = {**cfg, "run": {**cfg["run"], "steps": int(stop.group(1)) + 12}}
+            config.write_text(yaml.safe_dump(short))
+
+    job = submit(work, name, env, ["--time=2", "--signal=USR2@50"], config=config.name)
+    fields = follow_job(job, env, 1200, "TimeLimit=10", on_requeue=shorten)
+    log = log_file.read_text()
     assert fields["JobState"] == "COMPLETED", log[-4000:]
     restarts = int(fields["Restarts"])
     stops = [int(s) for s in re.findall(r"SIG\w+: stopped after step (\d+)", log)]
     print(f"{restarts} restarts, stopped after steps {stops}")
-    assert restarts == 1 and len(stops) == 1 and 0 < stops[0] < steps, log[-4000:]
+    assert restarts == 1 and len(stops) == 1 and 0 < stops[0] < planned, log[-4000:]
     assert "requeued Slurm job" in log
     done = [r["step"] for r in metrics(work / "runs" / name) if "loss" in r]
-    assert done == list(range(1, steps + 1))  # every step once, across the restarts
+    assert done == list(range(1, stops[0] + 13))  # every step once, across the restarts
 
 
 # --- A hung rank ------------------------------------------------------------------------------
