@@ -46,12 +46,13 @@ def build_model(args: argparse.Namespace, shape: tuple[int, int]):
     from hpcdiff.core import Module
     from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
     from hpcdiff.experiment.build import build_inference_model
+    from hpcdiff.experiment.config import DiffusionConfig, ModelConfig
 
     torch.manual_seed(0)
     patch, pe = (args.patch, args.patch), None if args.pe == "none" else args.pe
     if args.model == "unet":
-        edm = {"preconditioner": "edm", "sigma_data": 1.0}
-        unet = {**UNET, "positional_embedding": pe}
+        unet = ModelConfig(**{**UNET, "positional_embedding": pe})
+        edm = DiffusionConfig(preconditioner="edm", sigma_data=1.0)
         return build_inference_model(unet, edm, shape, patch, args.channels, 0).eval()
 
     class Pointwise(Module):

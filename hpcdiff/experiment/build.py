@@ -18,6 +18,7 @@ from hpcdiff.diffusion import noise_schedulers as ns
 from hpcdiff.diffusion import preconditioners as pc
 from hpcdiff.diffusion.metrics import WeightedMSEDSMLoss
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
+from hpcdiff.experiment.config import DiffusionConfig, ModelConfig
 from hpcdiff.experiment.tiling import draw_corners, gather_patches
 from hpcdiff.models import SongUNetDiffusionModel, create_model
 from hpcdiff.models.registry import model_config
@@ -47,8 +48,8 @@ def _precondition(name: str, backbone: Module, sigma_data: float) -> Module:
 
 
 def build_inference_model(
-    model_cfg: dict[str, Any],
-    diffusion_cfg: dict[str, Any],
+    model_cfg: ModelConfig,
+    diffusion_cfg: DiffusionConfig,
     grid_shape: tuple[int, int],
     patch_shape: tuple[int, int],
     channels: int,
@@ -58,21 +59,19 @@ def build_inference_model(
 
     The backbone sees [x, condition, positional embedding] stacked along channels.
     """
-    pe = model_cfg.get("positional_embedding")
-    c_pe = model_cfg.get("channels_positional_embedding", 4) if pe else 0
+    pe = model_cfg.positional_embedding
+    c_pe = model_cfg.channels_positional_embedding if pe else 0
     if pe == "linear":
         c_pe = 2
     in_channels = channels + condition_channels + c_pe
-    family, _ = model_config(model_cfg["name"])
+    family, _ = model_config(model_cfg.name)
     backbone = create_model(
-        model_cfg["name"], resolution=list(patch_shape), in_channels=in_channels,
-        out_channels=channels, **model_cfg.get("args", {}),
+        model_cfg.name, resolution=list(patch_shape), in_channels=in_channels,
+        out_channels=channels, **model_cfg.args,
     )  # fmt: skip
     if family == "SongUNet":
         backbone = SongUNetDiffusionModel(backbone)
-    precond = _precondition(
-        diffusion_cfg["preconditioner"], backbone, float(diffusion_cfg.get("sigma_data", 1.0))
-    )
+    precond = _precondition(diffusion_cfg.preconditioner, backbone, float(diffusion_cfg.sigma_data))
     model = MultiDiffusionModel2D(
         precond,
         global_spatial_shape=tuple(grid_shape),

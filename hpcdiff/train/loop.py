@@ -89,8 +89,8 @@ def build_objective(cfg: TrainConfig, grid_shape: tuple[int, int]) -> DiffusionO
     data = cfg.data
     torch.manual_seed(cfg.run.seed)
     model = build_inference_model(
-        model_cfg=vars(cfg.model),
-        diffusion_cfg=vars(cfg.diffusion),
+        model_cfg=cfg.model,
+        diffusion_cfg=cfg.diffusion,
         grid_shape=grid_shape,
         patch_shape=tuple(data.patch_shape),
         channels=len(data.variables),
