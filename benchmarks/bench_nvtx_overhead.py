@@ -28,6 +28,7 @@ def _measure(steps: int, width: int) -> dict:
 
     from hpcdiff import nvtx
 
+    nvtx.configure()  # as the hpcdiff command does: HPCDIFF_NVTX chooses
     torch.manual_seed(0)
     torch.set_num_threads(1)
     # B=4, C=4, H=W=16 through a two-layer conv net of width D=width.

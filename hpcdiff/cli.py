@@ -33,6 +33,7 @@ import sys
 from typing import Any
 
 import hpcdiff
+from hpcdiff import nvtx
 from hpcdiff.extras import install_hint
 
 EXIT_OK = 0
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpcdiff.distributed.preempt import catch_early
 
     catch_early(sys.argv[1:] if argv is None else argv)
+    nvtx.configure()  # HPCDIFF_NVTX=1 switches profiler ranges on for any command
     parser = build_parser()
     args = parse_args(argv, parser)
     if not getattr(args, "func", None):

@@ -2,8 +2,9 @@
 
 Off by default, and then a range costs one global lookup on entry and exit (nothing is
 imported). Enable before the work starts: ranges opened while off are not popped later.
-``enable()`` (or ``HPCDIFF_NVTX=1`` in the environment, or the config key
-``profiling.nvtx: true``) switches every range to a backend:
+``enable()`` switches every range to a backend; :func:`configure` does it as the environment
+(``HPCDIFF_NVTX=1``, read when the ``hpcdiff`` command starts) or the config key
+``profiling.nvtx: true`` asks:
 
 * ``"nvtx"``: the ``nvtx`` package, domain ``hpcdiff`` (a no-op unless a tool such as Nsight
   Systems or the recorder in ``profiling/`` is attached);
@@ -11,8 +12,10 @@ imported). Enable before the work starts: ranges opened while off are not popped
 * ``"record"``: an in-process list of ``(event, name, thread_id)`` for unit tests.
 
 Range names are fixed: :data:`RANGE_NAMES` lists them with their nesting. :func:`configure`
-applies the config section ``profiling``: it also forwards DeepSpeed's own ranges (domain
-``DeepSpeed``) and, with ``profiling.model_ranges``, puts ranges around backbone blocks.
+applies the config section ``profiling``: with ``profiling.model_ranges`` it puts ranges around
+the blocks a backbone lists in its ``profiling_blocks()``. Other libraries' ranges reach the
+active backend through :func:`push` / :func:`pop` in a domain of their own (DeepSpeed's:
+:func:`hpcdiff.distributed.forward_deepspeed_ranges`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 DOMAIN = "hpcdiff"
@@ -212,52 +215,42 @@ def known(name: str) -> bool:
     return name in RANGE_NAMES or (index.isdigit() and f"{head}.<i>" in RANGE_NAMES)
 
 
-def forward_deepspeed_ranges() -> bool:
-    """Send DeepSpeed's own ranges to the active backend, domain ``DeepSpeed``, when its
-    accelerator cannot emit them itself (CPU); returns whether they are now forwarded.
+def push(name: str, domain: str = DOMAIN) -> None:
+    """Open range ``name`` in ``domain`` on the backend active now; nothing while ranges are
+    off. For bridges from other libraries' own range calls; hpcdiff's code uses :class:`range`."""
+    backend = _backend
+    if backend is not None:
+        (backend if domain == DOMAIN else backend.domain(domain)).push(name)
 
-    DeepSpeed emits every range (``@instrument_w_nvtx`` on ZeRO and engine functions, and its
-    direct calls) through ``get_accelerator().range_push(msg)`` / ``.range_pop()``, and the CPU
-    accelerator defines both as no-ops. The accelerator is one object per process, so two
-    instance attributes shadowing those methods on it are the whole patch; they route to the
-    backend active at call time (nothing once ranges are off). Accelerators that have NVTX
-    domains (CUDA) already emit to ``DeepSpeed`` and are left alone.
-    """
-    from deepspeed.accelerator import get_accelerator
 
-    accelerator = get_accelerator()
-    if _backend is None or getattr(accelerator, "supports_nvtx_domain", False):
+def pop(domain: str = DOMAIN) -> None:
+    """Close the innermost range of ``domain`` opened by :func:`push` on this thread."""
+    backend = _backend
+    if backend is not None:
+        (backend if domain == DOMAIN else backend.domain(domain)).pop()
+
+
+def add_domain(name: str) -> bool:
+    """Make domain ``name`` on the active backend now, before other threads push to it;
+    returns whether ranges are on."""
+    if _backend is None:
         return False
-
-    def range_push(msg: str, domain: str | None = None, category: Any = None) -> None:
-        if _backend is not None:
-            _backend.domain(DEEPSPEED_DOMAIN).push(msg)
-
-    def range_pop(domain: str | None = None) -> None:
-        if _backend is not None:
-            _backend.domain(DEEPSPEED_DOMAIN).pop()
-
-    _backend.domain(DEEPSPEED_DOMAIN)  # made now, before any other thread can push
-    accelerator.range_push, accelerator.range_pop = range_push, range_pop
+    _backend.domain(name)
     return True
 
 
 def _block_groups(module: Any) -> list[tuple[str, list]]:
-    """(range prefix, blocks) of a backbone; empty for any other module."""
-    from hpcdiff.models.dit import DiT
-    from hpcdiff.models.song_unet import SongUNet
-
-    if isinstance(module, SongUNet):
-        return [("model.enc", list(module.enc.values())), ("model.dec", list(module.dec.values()))]
-    if isinstance(module, DiT):
-        return [("model.block", list(module.blocks))]
-    return []
+    """(range prefix, blocks) that ``module`` lists in its ``profiling_blocks()``; empty for
+    modules without that method."""
+    blocks = getattr(module, "profiling_blocks", None)
+    return list(blocks()) if callable(blocks) else []
 
 
 def instrument_model(module: Any) -> int:
-    """Ranges ``model.enc.<i>`` / ``model.dec.<i>`` (SongUNet) and ``model.block.<i>`` (DiT)
-    around the blocks of every backbone in ``module``, as forward pre/post hooks (popped
-    even when a block raises); backbones already done are skipped. Returns hooks added."""
+    """Ranges ``<prefix>.<i>`` around the blocks of every backbone in ``module`` that lists
+    them in ``profiling_blocks()`` (SongUNet: ``model.enc.<i>`` / ``model.dec.<i>``; DiT:
+    ``model.block.<i>``), as forward pre/post hooks (popped even when a block raises);
+    backbones already done are skipped. Returns hooks added."""
     added = 0
     for sub in module.modules():
         groups = _block_groups(sub)
@@ -287,20 +280,22 @@ def instrument_new_models() -> None:
         _model_hook = register_module_module_registration_hook(attached)
 
 
-def configure(profiling: Any, device: Any) -> None:
-    """Apply the config section ``profiling``: ranges on with ``nvtx`` (unless ``HPCDIFF_NVTX``
-    already chose a backend; ``torch`` on CUDA), and whenever ranges are on, DeepSpeed's ranges
-    forwarded and, with ``model_ranges``, block ranges in backbones built from now on."""
-    if profiling.nvtx and _backend is None:
-        enable("torch" if device.type == "cuda" else "nvtx")
+def configure(
+    profiling: Any = None, device: Any = None, environ: Mapping[str, str] = os.environ
+) -> None:
+    """Switch ranges on as asked, once, before the work starts: ``HPCDIFF_NVTX`` in
+    ``environ`` (``1``/``true``/``nvtx``: the nvtx backend; ``torch``: torch.cuda.nvtx) chooses
+    a backend (the ``hpcdiff`` command calls this first with the environment only); otherwise
+    the config section ``profiling`` with ``nvtx: true`` does (``torch`` on CUDA ``device``,
+    else ``nvtx``). Whenever ranges are on, ``profiling.model_ranges`` adds block ranges to
+    backbones built from now on."""
+    choice = environ.get("HPCDIFF_NVTX", "").lower()
     if _backend is None:
-        return
-    forward_deepspeed_ranges()
-    if profiling.model_ranges:
+        if choice in ("1", "true", "nvtx"):
+            enable("nvtx")
+        elif choice == "torch":
+            enable("torch")
+        elif profiling is not None and profiling.nvtx:
+            enable("torch" if device is not None and device.type == "cuda" else "nvtx")
+    if _backend is not None and profiling is not None and profiling.model_ranges:
         instrument_new_models()
-
-
-if os.environ.get("HPCDIFF_NVTX", "").lower() in ("1", "true", "nvtx"):
-    enable("nvtx")
-elif os.environ.get("HPCDIFF_NVTX", "").lower() == "torch":
-    enable("torch")

@@ -49,6 +49,7 @@ _EXPORTS = {
     "capture_rng_state": "checkpoint",
     "restore_rng_state": "checkpoint",
     "consolidate_checkpoint": "consolidate",
+    "forward_deepspeed_ranges": "profiling",
 }
 
 __all__ = sorted(_EXPORTS)

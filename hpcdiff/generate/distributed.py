@@ -35,6 +35,7 @@ from hpcdiff.distributed.domain import (
     block_noise,
     sum_in_group,
 )
+from hpcdiff.distributed.profiling import forward_deepspeed_ranges
 from hpcdiff.extras import available, install_hint
 from hpcdiff.generate.tiled import (
     TiledMultiDiffusionDPSScorePredictor,
@@ -174,7 +175,7 @@ def _sample_valid_times(objective: Any, cfg: Any, device: torch.device) -> tuple
     from hpcdiff.data import DataStream
     from hpcdiff.data.stream import open_sources
     from hpcdiff.experiment.conditioning import condition_of
-    from hpcdiff.train.progress import SamplingProgress
+    from hpcdiff.progress import SamplingProgress
 
     s = cfg.sample
     data_cfg = dataclasses.replace(cfg.data, batch_size=1, prefetch=1, workers=0, mode="tile",
@@ -184,7 +185,7 @@ def _sample_valid_times(objective: Any, cfg: Any, device: torch.device) -> tuple
     members = _members(s.ensemble, mesh)
     tiles, truths, times = [], [], []
     stream = DataStream(data_cfg, split="valid", tile=mesh.tile, sources=sources)
-    progress = SamplingProgress(s.num_steps, items=s.times, mode=cfg.run.progress)
+    progress = SamplingProgress(s.num_steps, items=s.times, rank=mesh.rank, mode=cfg.run.progress)
     with contextlib.closing(stream), progress:
         for _, batch in zip(range(s.times), stream):
             time = int(batch.time_index[0])
@@ -219,6 +220,7 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     ctx, s = init_distributed(cfg.dist), cfg.sample
     setup_logging(run_dir, ctx.env.rank, cfg.run.log_level)  # <run>/logs/rank{rank:05d}.log
     nvtx.configure(cfg.profiling, ctx.device)  # before the model is built (block ranges)
+    forward_deepspeed_ranges()  # while ranges are on: DeepSpeed's, in domain DeepSpeed
     ckpt = find_latest(run_dir / cfg.checkpoint.dir)  # collective: verified on all ranks
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir / cfg.checkpoint.dir}: no complete checkpoint")

@@ -169,6 +169,10 @@ class DiT(Module):
         zero_(final.adaptive_modulation[-1])
         zero_(final.output_projection)
 
+    def profiling_blocks(self) -> list[tuple[str, list[nn.Module]]]:
+        """Blocks that profiler ranges enclose (``hpcdiff.nvtx``): ``model.block.<i>``."""
+        return [("model.block", list(self.blocks))]
+
     def _validate(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, grid) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(

@@ -278,6 +278,11 @@ class SongUNet(Module):
         emb = F.silu(self.map_layer0(emb))
         return F.silu(self.map_layer1(emb))  # (B, D_emb)
 
+    def profiling_blocks(self) -> list[tuple[str, list[nn.Module]]]:
+        """Blocks that profiler ranges enclose (``hpcdiff.nvtx``): ``model.enc.<i>`` and
+        ``model.dec.<i>``, i = position in ``enc`` / ``dec`` (the order of the calls)."""
+        return [("model.enc", list(self.enc.values())), ("model.dec", list(self.dec.values()))]
+
     def _run(self, block: nn.Module, x: torch.Tensor, emb: torch.Tensor, threshold: float):
         if math.isqrt(x.shape[-2] * x.shape[-1]) > threshold and torch.is_grad_enabled():
             return checkpoint(block, x, emb, use_reentrant=False)

@@ -31,6 +31,7 @@ from hpcdiff.distributed import (
     build_engine,
     capture_rng_state,
     estimate_zero_memory,
+    forward_deepspeed_ranges,
     init_distributed,
     model_init_context,
     restore_rng_state,
@@ -156,7 +157,8 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     ctx = init_distributed(cfg.dist)
     rank, world, device = ctx.env.rank, ctx.env.world_size, ctx.device
     require_tensorboard(cfg.run.tensorboard)  # every rank stops, before any work
-    nvtx.configure(cfg.profiling, device)  # ranges, DeepSpeed's ranges, block ranges
+    nvtx.configure(cfg.profiling, device)  # ranges on (or HPCDIFF_NVTX), block ranges
+    forward_deepspeed_ranges()  # while ranges are on: DeepSpeed's, in domain DeepSpeed
     run_dir = cfg.run.dir
 
     # Data: this rank's window of the grid, for the training times of its data group.

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from hpcdiff.config import ConfigError
-from hpcdiff.train.progress import TrainProgress
+from hpcdiff.progress import TrainProgress
 
 CONSOLE_KEYS = ("step", "loss", "val_loss", "lr", "patches_per_s", "peak_rss_mib")
 
@@ -78,7 +78,7 @@ def _open_tensorboard(run_dir: Path, start_step: int) -> Any:
 class MetricsLogger:
     """Appends metric records to ``<run_dir>/metrics.jsonl`` and shows progress on rank 0.
 
-    ``progress`` is ``run.progress`` (see :mod:`hpcdiff.train.progress`); with no bar drawn
+    ``progress`` is ``run.progress`` (see :mod:`hpcdiff.progress`); with no bar drawn
     each record is printed as a line with the estimated time left. ``tensorboard`` mirrors
     the records as scalars in ``<run_dir>/tensorboard``.
     """

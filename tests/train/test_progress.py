@@ -13,9 +13,9 @@ import torch
 from hpcdiff.config import ConfigError
 from hpcdiff.diffusion.samplers import sample
 from hpcdiff.logs import close_logging, setup_logging
+from hpcdiff.progress import SamplingProgress, TrainProgress, show_progress
 from hpcdiff.train import metrics
 from hpcdiff.train.metrics import MetricsLogger
-from hpcdiff.train.progress import SamplingProgress, TrainProgress, show_progress
 
 
 class TTY(io.StringIO):

@@ -22,13 +22,6 @@ def _isatty(stream: TextIO) -> bool:
     return bool(isatty is not None and isatty())
 
 
-def current_rank() -> int:
-    """Global rank of this process: torch.distributed's when initialized, else 0."""
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def show_progress(mode: str, rank: int, stream: TextIO | None = None) -> bool:
     """Whether ``rank`` draws bars on ``stream`` (default stderr) under ``run.progress=mode``."""
     if mode not in get_args(ProgressMode):
@@ -111,14 +104,13 @@ class SamplingProgress:
     """
 
     def __init__(
-        self, num_steps: int, items: int = 1, rank: int | None = None, mode: str = "auto",
+        self, num_steps: int, items: int = 1, rank: int = 0, mode: str = "auto",
         desc: str = "sample", stream: TextIO | None = None,
     ) -> None:  # fmt: skip
         for name, value in (("num_steps", num_steps), ("items", items)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         stream = sys.stderr if stream is None else stream
-        rank = current_rank() if rank is None else rank
         self.num_steps, self.items = num_steps, items
         self.bar = None
         if show_progress(mode, rank, stream):
