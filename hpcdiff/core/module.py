@@ -248,10 +248,17 @@ def _read_checkpoint(path: str | os.PathLike, map_location) -> tuple[dict, dict]
     return spec, state
 
 
+# Modules whose Module classes moved: files written before the move name the old module.
+_MOVED_MODULES = {"hpcdiff.train.build": "hpcdiff.experiment.build"}  # the experiment layer
+
+
 def _resolve_class(key: str, path) -> type[Module]:
+    module_name, _, qualname = key.partition(":")
+    if module_name in _MOVED_MODULES:
+        module_name = _MOVED_MODULES[module_name]
+        key = f"{module_name}:{qualname}"
     if key in _REGISTRY:
         return _REGISTRY[key]
-    module_name, _, qualname = key.partition(":")
     if module_name and qualname and module_name != "__main__":
         try:
             obj: Any = importlib.import_module(module_name)

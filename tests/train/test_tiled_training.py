@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,30 @@ class Probe(Module):
     def forward(self, x, t, condition=None):
         self.seen.append(condition)
         return self.scale * (x + condition["condition"].sum(1, keepdim=True))
+
+
+def test_a_model_file_written_before_the_experiment_move_loads(tmp_path):
+    """Files saved before build.py moved to hpcdiff/experiment/ name the class
+    hpcdiff.train.build:DiffusionObjective; they load as the same objective."""
+    md = MultiDiffusionModel2D(Probe(), (12, 10), positional_embedding="sinusoidal",
+                               condition_patch=True)  # fmt: skip
+    with torch.no_grad():
+        md.model.scale.fill_(2.5)
+    saved = build.DiffusionObjective(md, "edm", {}, (6, 5))
+    path = saved.save(tmp_path / "old.mdlus")
+    with zipfile.ZipFile(path) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    spec = json.loads(files["args.json"])
+    assert spec["class"] == "hpcdiff.experiment.build:DiffusionObjective"
+    spec["class"] = "hpcdiff.train.build:DiffusionObjective"
+    files["args.json"] = json.dumps(spec).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    loaded = Module.from_checkpoint(path)
+    assert type(loaded) is build.DiffusionObjective and loaded.patch_shape == (6, 5)
+    torch.testing.assert_close(loaded.state_dict(), saved.state_dict())
+    assert loaded.model.model.scale.item() == 2.5
 
 
 @pytest.mark.parametrize("pe", ["sinusoidal", "learnable"])
