@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,6 +49,7 @@ from hpcdiff.train.init_weights import init_from
 from hpcdiff.train.lr import lr_at, set_lr
 from hpcdiff.train.metrics import (
     MetricsLogger,
+    Throughput,
     peak_device_mib,
     peak_rss_mib,
     require_tensorboard,
@@ -150,6 +150,50 @@ def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, v
     return mean_over_ranks(local).item()
 
 
+def due(done: int, every: int, total: int) -> bool:
+    """The cadence of logging, checkpointing and validation: after every ``every``-th step and
+    after the last one; never when ``every`` is 0."""
+    return every > 0 and (done % every == 0 or done == total)
+
+
+def _train_step(engine, stream: DataStream, device: torch.device, accum: int, precision: str):
+    """One optimizer step of ``accum`` micro-batches; returns the last per-patch loss map."""
+    for _ in range(accum):  # DeepSpeed applies the update after the last micro-batch
+        # Fetch the next batch of whole-domain samples.
+        with nvtx.range("train.data"):
+            batch = next(stream)
+            origin = batch.origin  # (B, 2) global corner of each window, on the host
+            batch = batch.to(device, non_blocking=True)
+            condition = condition_of(batch)
+
+        # Forward: random patches, per-patch times and noise, per-patch loss map.
+        with nvtx.range("train.forward"), autocast(device, precision):
+            loss_map = engine(batch.data, batch.mask.float(), condition, origin)
+        with nvtx.range("train.loss"):
+            loss = loss_map.float().mean()
+        with nvtx.range("train.backward"):
+            engine.backward(loss)
+        with nvtx.range("train.optim"):
+            engine.step()
+    return loss_map
+
+
+def _resume(engine, ema, stream: DataStream, cfg: TrainConfig, ckpt_dir: Path, rank: int):
+    """(first step, samples seen): from the newest checkpoint (engine, EMA, data position and
+    RNG state restored) or (0, 0) with this rank's own noise seed."""
+    resumed = resume(engine, ckpt_dir, cfg.checkpoint.resume, ema)
+    if resumed is None:
+        torch.manual_seed(cfg.run.seed * 100_003 + rank + 1)  # distinct noise per rank
+        return 0, 0
+    start, extra = resumed
+    stream.load_state_dict(extra["data"])
+    if "resharded_from" in extra:  # per-rank RNG streams do not map to another rank count
+        torch.manual_seed((cfg.run.seed * 100_003 + rank + 1) * 1_000_003 + start)
+    else:
+        restore_rng_state(extra["rng"])
+    return start, int(extra["samples_seen"])
+
+
 def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     """Run (or resume) the experiment ``cfg``; returns the run directory."""
     stop = install_stop_signals(cfg.run.stop_signals)  # the handler only sets a flag
@@ -159,7 +203,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     require_tensorboard(cfg.run.tensorboard)  # every rank stops, before any work
     nvtx.configure(cfg.profiling, device)  # ranges on (or HPCDIFF_NVTX), block ranges
     forward_deepspeed_ranges()  # while ranges are on: DeepSpeed's, in domain DeepSpeed
-    run_dir = cfg.run.dir
+    run_dir, steps = cfg.run.dir, cfg.run.steps
 
     # Data: this rank's window of the grid, for the training times of its data group.
     sources = open_sources(cfg.data)
@@ -190,22 +234,12 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     engine = build_engine(objective, cfg.zero, cfg.optim, cfg.data.batch_size, ctx)
     ema = ShardedEMA(engine.module, cfg.ema) if cfg.ema.enabled else None
     ckpt_dir = run_dir / cfg.checkpoint.dir
-    start, samples_seen = 0, 0
-    resumed = resume(engine, ckpt_dir, cfg.checkpoint.resume, ema)
-    if resumed is not None:
-        start, extra = resumed
-        samples_seen = int(extra["samples_seen"])
-        stream.load_state_dict(extra["data"])
-        if "resharded_from" in extra:  # per-rank RNG streams do not map to another rank count
-            torch.manual_seed((cfg.run.seed * 100_003 + rank + 1) * 1_000_003 + start)
-        else:
-            restore_rng_state(extra["rng"])
+    start, samples_seen = _resume(engine, ema, stream, cfg, ckpt_dir, rank)
+    if start > 0:
         summary.pop("init_from", None)
-    else:
-        torch.manual_seed(cfg.run.seed * 100_003 + rank + 1)  # distinct noise per rank
-    if start >= cfg.run.steps:  # a finished run: say so in one line, train nothing
+    if start >= steps:  # a finished run: say so in one line, train nothing
         if rank == 0:
-            print(finished_message(run_dir, start, cfg.run.steps), file=sys.stderr, flush=True)
+            print(finished_message(run_dir, start, steps), file=sys.stderr, flush=True)
         stream.close()
         close_logging()
         shutdown()
@@ -214,7 +248,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     global_batch = cfg.data.batch_size * part.groups * accum  # samples per optimizer step
     patches_per_step = cfg.data.batch_size * world * accum * cfg.data.patches_per_sample
     valid = open_stream(cfg, part, "valid", sources) if cfg.run.val_every else None
-    logger = MetricsLogger(run_dir, rank, cfg.run.steps, start, progress=cfg.run.progress,
+    logger = MetricsLogger(run_dir, rank, steps, start, progress=cfg.run.progress,
                            tensorboard=cfg.run.tensorboard)  # fmt: skip
     if rank == 0:
         print(json.dumps({"run_dir": str(run_dir), "start_step": start, **summary}), flush=True)
@@ -228,29 +262,13 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     prof = cfg.profiling
     stopped = None  # (checkpoint, step) once every rank agreed to stop
     window = CaptureWindow(prof.capture_steps, prof.torch_trace, run_dir, rank, device)
-    t_last, steps_since = time.perf_counter(), 0
-    for step in range(start, cfg.run.steps):
+    meter = Throughput(global_batch, patches_per_step)
+    for step in range(start, steps):
         window.before_step(step)
         with nvtx.range("train.step"):
-            lr = lr_at(step, cfg.run.steps, cfg.optim)
+            lr = lr_at(step, steps, cfg.optim)
             set_lr(engine.optimizer, lr)
-            for _ in range(accum):  # DeepSpeed applies the update after the last micro-batch
-                # Fetch the next batch of whole-domain samples.
-                with nvtx.range("train.data"):
-                    batch = next(stream)
-                    origin = batch.origin  # (B, 2) global corner of each window, on the host
-                    batch = batch.to(device, non_blocking=True)
-                    condition = condition_of(batch)
-
-                # Forward: random patches, per-patch times and noise, per-patch loss map.
-                with nvtx.range("train.forward"), autocast(device, cfg.zero.precision):
-                    loss_map = engine(batch.data, batch.mask.float(), condition, origin)
-                with nvtx.range("train.loss"):
-                    loss = loss_map.float().mean()
-                with nvtx.range("train.backward"):
-                    engine.backward(loss)
-                with nvtx.range("train.optim"):
-                    engine.step()
+            loss_map = _train_step(engine, stream, device, accum, cfg.zero.precision)
 
             # Update EMA.
             if ema is not None:
@@ -258,44 +276,42 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
                     ema.update(samples_seen, global_batch)
         window.after_step(step)
         samples_seen += global_batch
-        steps_since += 1
+        meter.step()
         done = step + 1
         logger.advance(done)
         # One collective: every rank stops after this step (a run at its last step just ends).
-        stopping = stop.agreed(device) and done < cfg.run.steps
+        stopping = stop.agreed(device) and done < steps
 
         # Log (losses averaged over ranks).
-        if done % cfg.run.log_every == 0 or done == cfg.run.steps or stopping:
+        if due(done, cfg.run.log_every, steps) or stopping:
             per_channel = mean_over_ranks(loss_map.detach().float().mean(dim=(0, 2, 3)))
-            elapsed = time.perf_counter() - t_last
             logger.log({
                 "step": done,
                 "loss": per_channel.mean().item(),
                 "loss_per_channel": dict(zip(cfg.data.variables, per_channel.tolist())),
                 "lr": lr,
-                "samples_per_s": steps_since * global_batch / elapsed,
-                "patches_per_s": steps_since * patches_per_step / elapsed,
+                **meter.rates(),
                 "peak_rss_mib": peak_rss_mib(),
                 "peak_device_mib": peak_device_mib(device),
             })  # fmt: skip
-            t_last, steps_since = time.perf_counter(), 0
+            meter.restart()
 
         # Checkpoint (every rank writes its shard; atomic); also when a stop signal came.
-        if done % cfg.checkpoint.every_steps == 0 or done == cfg.run.steps or stopping:
+        if due(done, cfg.checkpoint.every_steps, steps) or stopping:
             path = checkpoint(done)
-            t_last = time.perf_counter()  # throughput excludes checkpoint time
+            meter.skip()  # throughput excludes checkpoint time
         if stopping:
             stopped = (path, done)
             break
 
         # Validate with the EMA weights.
-        if cfg.run.val_every and (done % cfg.run.val_every == 0 or done == cfg.run.steps):
+        if due(done, cfg.run.val_every, steps):
             with nvtx.range("train.validate"):
                 swap = ema.swapped_in() if ema is not None else contextlib.nullcontext()
                 with swap:
                     val = validation_loss(engine, cfg, device, rank, valid)
                 logger.log({"step": done, "val_loss": val})
-            t_last = time.perf_counter()
+            meter.skip()
 
     stream.close()
     if valid is not None:

@@ -37,6 +37,31 @@ def peak_device_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+class Throughput:
+    """Samples and patches per second over the steps of an interval: :meth:`restart` begins
+    one (after each report); :meth:`skip` drops the time spent so far from it (checkpoints,
+    validation)."""
+
+    def __init__(self, samples_per_step: int, patches_per_step: int) -> None:
+        self.samples_per_step, self.patches_per_step = samples_per_step, patches_per_step
+        self.since, self.steps = time.perf_counter(), 0
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def skip(self) -> None:
+        self.since = time.perf_counter()
+
+    def restart(self) -> None:
+        self.since, self.steps = time.perf_counter(), 0
+
+    def rates(self) -> dict[str, float]:
+        """``samples_per_s`` and ``patches_per_s`` of the interval so far."""
+        elapsed = time.perf_counter() - self.since
+        return {"samples_per_s": self.steps * self.samples_per_step / elapsed,
+                "patches_per_s": self.steps * self.patches_per_step / elapsed}  # fmt: skip
+
+
 def require_tensorboard(enabled: bool) -> None:
     """Raise :class:`ConfigError` naming ``run.tensorboard`` when it is on but the
     ``tensorboard`` package is missing (call it on every rank, so all of them stop)."""
