@@ -100,11 +100,12 @@ class Module(torch.nn.Module):
     # ----------------------------------------------------------------------------------------
     # Serialization
     # ----------------------------------------------------------------------------------------
-    def _spec(self) -> dict[str, Any]:
+    def to_spec(self) -> dict[str, Any]:
+        """Class and constructor arguments (``args.json``): :meth:`from_spec` rebuilds the model."""
         args = {}
         for name, value in self._init_args.items():
             if isinstance(value, Module):
-                args[name] = {_MODULE_KEY: value._spec()}
+                args[name] = {_MODULE_KEY: value.to_spec()}
             elif isinstance(value, torch.Tensor):  # small tensors (e.g. per-channel constants)
                 args[name] = {
                     _TENSOR_KEY: value.detach().cpu().tolist(),
@@ -132,7 +133,7 @@ class Module(torch.nn.Module):
         path = Path(path)
         if path.suffix != self._file_extension:
             raise ValueError(f"checkpoint file name must end with '{self._file_extension}': {path}")
-        spec = self._spec()
+        spec = self.to_spec()
         meta = {
             "format": "hpcdiff.core.Module",
             "format_version": _FORMAT_VERSION,
@@ -178,6 +179,12 @@ class Module(torch.nn.Module):
             )
         _load_state(model, state, strict, path)
         return model
+
+    @staticmethod
+    def from_spec(spec: dict[str, Any], source: str | os.PathLike = "spec") -> Module:
+        """A new model (initial weights) of the class and arguments in ``spec`` (a
+        :meth:`to_spec` result); errors name ``source``."""
+        return _build(spec, {}, prefix="", path=source)
 
     def load(self, path: str | os.PathLike, strict: bool = True) -> None:
         """Load only the weights of a checkpoint into this (already built) model."""

@@ -142,7 +142,7 @@ def step_dir(ckpt_dir: str | os.PathLike, step: int) -> Path:
 def _model_spec(module: torch.nn.Module) -> dict | None:
     from hpcdiff.core import Module
 
-    return module._spec() if isinstance(module, Module) else None
+    return module.to_spec() if isinstance(module, Module) else None
 
 
 def _io_message(err: BaseException) -> str:

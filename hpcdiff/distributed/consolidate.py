@@ -90,7 +90,6 @@ def _save_module(
     manifest: dict, state: dict, path: Path, output: Path, submodule: str | None
 ) -> Path:
     from hpcdiff.core import Module
-    from hpcdiff.core.module import _build
 
     spec = manifest.get("model_spec")
     if spec is None:
@@ -98,7 +97,7 @@ def _save_module(
             f"{path}: the trained model is not an hpcdiff.core.Module, so no .mdlus can be "
             "written; choose an output name ending in .pt"
         )
-    model = _build(spec, {}, prefix="", path=path)
+    model = Module.from_spec(spec, source=path)
     model.load_state_dict(state, strict=True)
     if submodule:
         try:

@@ -27,8 +27,7 @@ from tensordict import TensorDict
 
 from hpcdiff import nvtx
 from hpcdiff.data.tiles import Tile
-from hpcdiff.diffusion.multi_diffusion import MultiDiffusionPredictor
-from hpcdiff.diffusion.multi_diffusion._grid import accum_dtype
+from hpcdiff.diffusion.multi_diffusion import MultiDiffusionPredictor, accum_dtype
 from hpcdiff.distributed.domain import DomainMesh, gather_region, reduce_regions, start_gather
 
 Tensor = torch.Tensor

@@ -1,5 +1,6 @@
 """Multi-diffusion: patch-based training and sampling of diffusion models on large 2-D grids."""
 
+from hpcdiff.diffusion.multi_diffusion._grid import accum_dtype
 from hpcdiff.diffusion.multi_diffusion.dps_guidance import (
     MultiDiffusionDataConsistencyDPSGuidance,
     MultiDiffusionDPSGuidance,
@@ -32,6 +33,7 @@ __all__ = [
     "MultiDiffusionPredictor",
     "MultiDiffusionWeightedMSEDSMLoss",
     "RandomPatching2D",
+    "accum_dtype",  # not in PhysicsNeMo: the dtype patch fusion sums in (tiled fusion matches it)
     "image_batching",
     "image_fuse",
 ]

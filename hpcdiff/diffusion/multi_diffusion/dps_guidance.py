@@ -48,15 +48,9 @@ class MultiDiffusionDPSScorePredictor(Predictor):
     is refused. Globally coupled guidances need :class:`~hpcdiff.diffusion.guidance.
     DPSScorePredictor` instead.
 
-    >>> from hpcdiff.core import Module
     >>> from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D
-    >>> class Net(Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.net = torch.nn.Conv2d(1, 1, 1)
-    ...     def forward(self, x, t, condition=None):
-    ...         return self.net(x)
-    >>> md = MultiDiffusionModel2D(Net(), global_spatial_shape=(8, 8))
+    >>> # Net: any DiffusionModel; here a 1x1 convolution (defined in conftest.py)
+    >>> md = MultiDiffusionModel2D(Net(1), global_spatial_shape=(8, 8))
     >>> md.set_random_patching(patch_shape=(4, 4), patch_num=2)
     >>> pred = MultiDiffusionPredictor(md, chunk_size=3)
     >>> pred.set_patching(overlap_pix=1, boundary_pix=0)

@@ -80,14 +80,8 @@ class MultiDiffusionMSEDSMLoss(_MultiDiffusionLoss):
     Parameters are those of :class:`~hpcdiff.diffusion.metrics.MSEDSMLoss`; ``model`` may be
     wrapped (DDP, ``torch.compile``).
 
-    >>> from hpcdiff.core import Module
     >>> from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler
-    >>> class Net(Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.net = torch.nn.Conv2d(3, 3, 1)
-    ...     def forward(self, x, t, condition=None):
-    ...         return self.net(x)
+    >>> # Net: any DiffusionModel; here a 1x1 convolution (defined in conftest.py)
     >>> md = MultiDiffusionModel2D(Net(), global_spatial_shape=(16, 16))
     >>> md.set_random_patching(patch_shape=(8, 8), patch_num=4)
     >>> loss_fn = MultiDiffusionMSEDSMLoss(md, EDMNoiseScheduler(), reduction="none")
@@ -114,14 +108,8 @@ class MultiDiffusionWeightedMSEDSMLoss(_MultiDiffusionLoss):
     :class:`MultiDiffusionMSEDSMLoss` with an element weight m (B, C, H, W) patched with x0,
     L = w(t) m (x0_hat - x0)^2.
 
-    >>> from hpcdiff.core import Module
     >>> from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler
-    >>> class Net(Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.net = torch.nn.Conv2d(3, 3, 1)
-    ...     def forward(self, x, t, condition=None):
-    ...         return self.net(x)
+    >>> # Net: any DiffusionModel; here a 1x1 convolution (defined in conftest.py)
     >>> md = MultiDiffusionModel2D(Net(), global_spatial_shape=(16, 16))
     >>> md.set_random_patching(patch_shape=(8, 8), patch_num=4)
     >>> loss_fn = MultiDiffusionWeightedMSEDSMLoss(md, EDMNoiseScheduler(), reduction="sum")

@@ -48,13 +48,7 @@ class MultiDiffusionPredictor(Predictor):
     **model_kwargs
         Passed to the model at every call.
 
-    >>> from hpcdiff.core import Module
-    >>> class Net(Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.net = torch.nn.Conv2d(3, 3, 1)
-    ...     def forward(self, x, t, condition=None):
-    ...         return self.net(x)
+    >>> # Net: any DiffusionModel; here a 1x1 convolution (defined in conftest.py)
     >>> md = MultiDiffusionModel2D(Net(), global_spatial_shape=(16, 16))
     >>> md.set_random_patching(patch_shape=(8, 8), patch_num=4)
     >>> predictor = MultiDiffusionPredictor(md, chunk_size=3)
