@@ -21,6 +21,7 @@ $(STAMP): $(REQS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check hpcdiff tests benchmarks
+	$(PY) -m mypy   # type check hpcdiff/ (settings and strictness: [tool.mypy] in pyproject.toml)
 	scripts/ci_services.sh start   # Debian Open MPI + a one-node Slurm for the launcher tests
 	scripts/ci_nsight.sh install   # Debian nsight-systems (contrib + non-free) for tests/profiling
 	# tests/cluster brings up scripts/ci_cluster.sh (2 namespace nodes, root only) and takes
@@ -33,6 +34,7 @@ quickstart: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hpcdiff tests benchmarks
 	$(VENV)/bin/ruff format --check hpcdiff tests benchmarks
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format hpcdiff tests benchmarks

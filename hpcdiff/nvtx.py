@@ -127,7 +127,7 @@ class RecordingBackend(_Backend):
     def __init__(self, prefix: str = "", parent: RecordingBackend | None = None) -> None:
         super().__init__()
         self.events: list[tuple[str, str, int]] = parent.events if parent else []
-        self._lock = parent._lock if parent else threading.Lock()
+        self._lock: threading.Lock = parent._lock if parent else threading.Lock()
         self._stacks: dict[int, list[str]] = {}  # NVTX keeps one stack per thread and domain
         self._prefix = prefix
 

@@ -74,7 +74,7 @@ def field_comments(cls: type) -> dict[str, str]:
         except (OSError, TypeError):  # defined interactively: no source to read
             continue
         comments = _comments(source)
-        for node in ast.parse(source).body[0].body:
+        for node in typing.cast(ast.ClassDef, ast.parse(source).body[0]).body:
             if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
                 continue
             lines = range(node.lineno, node.end_lineno + 1)

@@ -32,7 +32,7 @@ def _qualified(cls: type) -> str:
 
 def _bind_init_args(cls: type, args: tuple, kwargs: dict) -> dict[str, Any]:
     """Constructor arguments of ``cls(*args, **kwargs)`` by name, defaults applied."""
-    sig = inspect.signature(cls.__init__)
+    sig = inspect.signature(cls.__init__)  # type: ignore[misc]  # the class's own __init__
     bound = sig.bind_partial(None, *args, **kwargs)
     bound.apply_defaults()
     out: dict[str, Any] = {}
@@ -214,7 +214,7 @@ class Module(torch.nn.Module):
             return self.inner_model(*args, **kwargs)
 
         init_sig = inspect.signature(torch_class.__init__)
-        __init__.__signature__ = init_sig  # so constructor arguments bind by name
+        __init__.__signature__ = init_sig  # type: ignore[attr-defined]  # arguments bind by name
         new_cls = type(
             name,
             (Module,),

@@ -217,7 +217,7 @@ class ProcessPrefetcher:
         task_q, result_q = ctx.Queue(), ctx.Queue()
         args = (reader, shm.name, layout, n_slots, task_q, result_q)
         procs = [
-            ctx.Process(target=_worker_main, args=args, name=f"hpcdiff-data-{i}", daemon=True)
+            ctx.Process(target=_worker_main, args=args, name=f"hpcdiff-data-{i}", daemon=True)  # type: ignore[attr-defined]
             for i in range(workers)
         ]
         self._res = _Resources(procs, task_q, result_q, shm, views)

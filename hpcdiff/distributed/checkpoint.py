@@ -439,7 +439,7 @@ def capture_rng_state() -> dict:
     version, py_state, py_gauss = random.getstate()
     state = {
         "python": [version, list(py_state), py_gauss],
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],  # type: ignore[attr-defined]
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():  # this rank's device only: others may differ on resume

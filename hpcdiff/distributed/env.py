@@ -127,14 +127,14 @@ def _expand_item(item: str, whole: str) -> list[str]:
     if match is None:
         return [item]
     head, tail = item[: match.start()], item[match.end() :]
-    out = []
+    out: list[str] = []
     for value in _expand_range_list(match.group(1), whole):
         out.extend(head + value + rest for rest in _expand_item(tail, whole))
     return out
 
 
 def _expand_range_list(ranges: str, whole: str) -> list[str]:
-    values = []
+    values: list[str] = []
     for part in ranges.split(","):
         lo, sep, hi = part.strip().partition("-")
         if not lo.isdigit() or (sep and not hi.isdigit()):

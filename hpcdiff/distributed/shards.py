@@ -116,7 +116,7 @@ class EngineShards:
 
     def _flat_state(self, p: torch.nn.Parameter, key: str | None) -> torch.Tensor:
         """ZeRO-1/2: this rank's fragment of ``p`` inside the flat fp32 partition or its state."""
-        mapping = p._hp_mapping
+        mapping = p._hp_mapping  # type: ignore[attr-defined]  # set by DeepSpeed's ZeRO-1/2
         flat = self.base.param_groups[mapping.param_group_index]["params"][0]
         tensor = flat if key is None else self.base.state[flat][key]
         addr = mapping.hp_fragment_address

@@ -52,7 +52,7 @@ def map_coords(nc: Any, variable: str, step: int) -> tuple[np.ndarray, np.ndarra
     open netCDF4 dataset ``nc``, or None (rectilinear grid, or unusable coordinates: logged)."""
     var = nc[variable]
     ydim, xdim = var.dimensions[-2:]
-    found = {}
+    found: dict[str, Any] = {}
     for name in str(getattr(var, "coordinates", "")).split():
         c = nc.variables.get(name)
         if c is not None and c.ndim == 2 and _coord_kind(c) is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from tensordict import TensorDict
@@ -230,7 +230,7 @@ class TiledMultiDiffusionPredictor:
             py, px = self.plans[self.mesh.domain_rank]
             rows = self.predictor.chunk_size
             k = (py.i1 - py.i0) if rows is None else max(1, rows // B)
-            interior, border = [], []
+            interior, border = cast(list[_Chunk], []), cast(list[_Chunk], [])
             for ix in range(px.i0, px.i1):
                 runs = [(py.i0, py.i1, border)]
                 if px.inner[0] <= ix < px.inner[1]:

@@ -33,7 +33,7 @@ class _PatchTokenizer(nn.Module):
         if pos_embed == "learnable":
             self.pos_embed = nn.Parameter(torch.zeros(1, T, hidden_size))
         elif pos_embed == "sinusoidal":
-            table = sincos_2d(*grid, hidden_size)[None]
+            table = sincos_2d(grid[0], grid[1], hidden_size)[None]
             self.register_buffer("pos_embed", table, persistent=False)
         else:
             self.pos_embed = None
@@ -61,7 +61,7 @@ class _ConditionEmbedder(nn.Module):
     def forward(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         c = self.t_embedder(t)  # (B, D)
         if y is not None:
-            c = c + self.cond_embedder(y.to(c.dtype))
+            c = c + self.cond_embedder(y.to(c.dtype))  # type: ignore[misc]  # y needs it (_validate)
         return c
 
 
@@ -144,7 +144,7 @@ class DiT(Module):
         )
         self.rope_theta = rope_theta if rope else None
         if rope:
-            cos, sin = rope_2d(*self.grid, hidden_size // num_heads, rope_theta)
+            cos, sin = rope_2d(self.grid[0], self.grid[1], hidden_size // num_heads, rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.initialize_weights()

@@ -58,8 +58,8 @@ def rope_2d(h: int, w: int, head_dim: int, theta: float = 10000.0, device=None):
         torch.arange(w, dtype=torch.float64, device=device),
         indexing="ij",
     )
-    angles = [torch.outer(p.reshape(-1), inv) for p in (rows, cols)]  # 2 x (T, a/2)
-    angles = torch.cat([torch.cat([t, t], dim=1) for t in angles], dim=1)  # (T, head_dim)
+    per_axis = [torch.outer(p.reshape(-1), inv) for p in (rows, cols)]  # 2 x (T, a/2)
+    angles = torch.cat([torch.cat([t, t], dim=1) for t in per_axis], dim=1)  # (T, head_dim)
     return angles.cos().float(), angles.sin().float()
 
 

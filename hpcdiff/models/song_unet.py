@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -162,7 +163,7 @@ class SongUNet(Module):
 
     def _build_encoder(self, encoder_type: str, block_kwargs: dict) -> tuple[list[int], int]:
         """Levels of (down block, aux path, ``num_blocks`` blocks); returns skip widths."""
-        self.enc, self._enc_kinds = nn.ModuleDict(), {}
+        self.enc, self._enc_kinds = nn.ModuleDict(), cast(dict[str, str], {})
         init, mc = block_kwargs["init"], self.model_channels
         down = dict(down=True, resample_filter=self.resample_filter)
         cout = caux = self.in_channels
@@ -198,7 +199,7 @@ class SongUNet(Module):
         self, decoder_type: str, bottleneck: bool, skips: list[int], cout: int, block_kwargs: dict
     ) -> None:
         """Mirror of the encoder; each level ends in an output head for the skip decoder."""
-        self.dec, self._dec_kinds = nn.ModuleDict(), {}
+        self.dec, self._dec_kinds = nn.ModuleDict(), cast(dict[str, str], {})
 
         def add(name: str, kind: str, module: nn.Module) -> None:
             self.dec[name], self._dec_kinds[name] = module, kind
@@ -303,7 +304,7 @@ class SongUNet(Module):
         thr = self.checkpoint_threshold
 
         # Encoder: (B, C_in, H, W) -> (B, C, H / 2^(N-1), W / 2^(N-1)), caching skips.
-        skips, aux = [], x
+        skips, aux = cast(list[torch.Tensor], []), x
         for name, block in self.enc.items():
             kind = self._enc_kinds[name]
             if kind == "aux_down":

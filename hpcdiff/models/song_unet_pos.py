@@ -155,7 +155,8 @@ class SongUNetPosEmbd(SongUNet):
         """Grid patches chosen by ``embedding_selector(grid)`` (P*B, C_PE, Hp, Wp)."""
         return embedding_selector(self.pos_embd.to(x.dtype))
 
-    def forward(
+    # PhysicsNeMo's signature (global_index and embedding_selector added to SongUNet's)
+    def forward(  # type: ignore[override]
         self,
         x: torch.Tensor,
         noise_labels: torch.Tensor,

@@ -260,7 +260,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
             return save_checkpoint(engine, ckpt_dir, step, ema, extra, cfg.checkpoint.keep_last)
 
     prof = cfg.profiling
-    stopped = None  # (checkpoint, step) once every rank agreed to stop
+    stopped: tuple[Path, int] | None = None  # (checkpoint, step) once every rank agreed to stop
     window = CaptureWindow(prof.capture_steps, prof.torch_trace, run_dir, rank, device)
     meter = Throughput(global_batch, patches_per_step)
     for step in range(start, steps):
@@ -317,12 +317,13 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if valid is not None:
         valid.close()
     logger.close()
+    error = None
     if stopped is not None:  # verify, then requeue the Slurm job or print how to resume
-        stopped = conclude(*stopped, stop, cfg.run.requeue, cfg.checkpoint.resume,
-                           ctx.env.launcher, rank)  # fmt: skip
+        error = conclude(*stopped, stop, cfg.run.requeue, cfg.checkpoint.resume,
+                         ctx.env.launcher, rank)  # fmt: skip
     close_logging()
     barrier()
     shutdown()
-    if stopped is not None:
-        raise stopped
+    if error is not None:
+        raise error
     return run_dir

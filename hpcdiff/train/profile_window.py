@@ -26,7 +26,10 @@ class CaptureWindow:
         rank: int,
         device: torch.device,
     ) -> None:
-        self.start, self.stop = capture_steps if capture_steps is not None else (None, None)
+        self.start: int | None = None  # first step of the capture window
+        self.stop: int | None = None  # first step after it
+        if capture_steps is not None:
+            self.start, self.stop = capture_steps
         self.torch_trace, self.device = torch_trace, device
         self.trace_path = Path(run_dir) / "traces" / f"rank_{rank:05d}.json"
         self._profiler: torch.profiler.profile | None = None

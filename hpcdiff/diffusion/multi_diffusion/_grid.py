@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -172,7 +172,7 @@ class GridGeometry:
         are runs of one."""
         out = []
         for axis in (0, 1):
-            s, runs = self.stride[axis], []
+            s, runs = self.stride[axis], cast(list[list[Any]], [])  # [first, stop, segments]
             for i, segs in enumerate(self.segments[axis]):
                 if runs and _shifted(runs[-1][2], segs, (i - runs[-1][0]) * s):
                     runs[-1][1] = i + 1

@@ -139,7 +139,8 @@ class MultiDiffusionModel2D(Module):
             # The full sinusoidal embedding, built on first use (single-device paths) on the
             # module's device and kept as a non-persistent buffer, as the reference keeps it.
             # Assigned to _buffers directly: register_buffer's hasattr check would recurse.
-            pe = sinusoidal_embedding(*self.global_spatial_shape, self._sinusoidal_channels,
+            H, W = self.global_spatial_shape
+            pe = sinusoidal_embedding(H, W, self._sinusoidal_channels,
                                       device=self._patch_shape.device)  # fmt: skip
             self._buffers["pos_embd"] = pe
             self._non_persistent_buffers_set.add("pos_embd")

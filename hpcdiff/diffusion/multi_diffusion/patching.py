@@ -56,7 +56,8 @@ class BasePatching2D(torch.nn.Module, ABC):
         return self.apply(input, **kwargs)
 
     @abstractmethod
-    def apply(self, input: Tensor, *args, **kwargs) -> Tensor:
+    # PhysicsNeMo's signature (not nn.Module's / the base class's)
+    def apply(self, input: Tensor, *args, **kwargs) -> Tensor:  # type: ignore[override]
         """Patch a batch of images (B, C, H, W) into (P B, C, Hp, Wp)."""
 
     def fuse(self, input: Tensor, **kwargs) -> Tensor:
@@ -171,7 +172,8 @@ class RandomPatching2D(BasePatching2D):
             [y[:, :, None].expand(-1, Hp, Wp), x[:, None, :].expand(-1, Hp, Wp)], dim=1
         )
 
-    def forward(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:
+    # PhysicsNeMo's signature (not nn.Module's / the base class's)
+    def forward(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """Extract the patches (P B, C [+ C_add], Hp, Wp)."""
         self._check_input(input)
         indices = self.patch_indices.to(input.device)
@@ -180,7 +182,8 @@ class RandomPatching2D(BasePatching2D):
             out = out.contiguous(memory_format=torch.channels_last)
         return self._with_additional(out, additional_input, self.patch_num)
 
-    def apply(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:
+    # PhysicsNeMo's signature (not nn.Module's / the base class's)
+    def apply(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """Patches (P B, C, Hp, Wp) of ``input`` (B, C, H, W); ``additional_input``
         (B, C_add, H', W') is resized to (Hp, Wp) and appended as channels to every patch."""
         if _is_module_fn(input):
@@ -278,14 +281,16 @@ class GridPatching2D(BasePatching2D):
         return index
 
     # -- patching and fusing -------------------------------------------------------------------
-    def forward(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:
+    # PhysicsNeMo's signature (not nn.Module's / the base class's)
+    def forward(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """Extract the grid patches (P B, C [+ C_add], Hp, Wp)."""
         self._check_input(input)
         geom = self._geometry_for(input.shape[-2:])
         out = _kernels.extract_grid(input, geom, 0, geom.patch_num * input.shape[0])
         return self._with_additional(out, additional_input, geom.patch_num)
 
-    def apply(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:
+    # PhysicsNeMo's signature (not nn.Module's / the base class's)
+    def apply(self, input: Tensor, additional_input: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """Grid patches (P B, C, Hp, Wp) of ``input`` (B, C, H, W): rows B i .. B (i + 1) hold
         patch i of every sample; ``additional_input`` (B, C_add, H', W') is resized to
         (Hp, Wp) and appended as channels to every patch."""
@@ -304,7 +309,8 @@ class GridPatching2D(BasePatching2D):
             raise ValueError(f"rows [{start}, {stop}) out of range [0, {total}]")
         return _kernels.extract_grid(input, self._geometry, start, stop)
 
-    def fuse(self, input: Tensor, batch_size: int) -> Tensor:
+    # PhysicsNeMo's signature (not nn.Module's / the base class's)
+    def fuse(self, input: Tensor, batch_size: int) -> Tensor:  # type: ignore[override]
         """Images (B, C, H, W) from patches (P B, C, Hp, Wp): each pixel is the window-weighted
         mean of the patches covering it (the plain mean for the uniform window). Accumulates
         in float32; half-precision and integer patches give float32 images."""

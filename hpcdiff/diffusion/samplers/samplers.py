@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -79,7 +80,7 @@ def make_solver(
         if solver not in SOLVERS:
             available = ", ".join(f'"{k}"' for k in SOLVERS)
             raise ValueError(f"Unknown solver '{solver}'. Available solvers: {available}.")
-        solver_cls = SOLVERS[solver]
+        solver_cls: Callable[..., Solver] = SOLVERS[solver]
         defaults = getattr(solver_cls, "scheduler_defaults", None)
         if defaults is not None:
             solver_options = {**defaults(noise_scheduler), **solver_options}
