@@ -4,7 +4,8 @@
    (never from a sibling of its own layer, never upwards):
 
    * foundation: ``core`` (Module base), ``config`` (typed loading), ``logs``, ``progress``,
-     ``extras``, ``nvtx`` (the range seam), the ``hpcdiff`` package itself;
+     ``extras``, ``nvtx`` (the range seam), ``lazy`` (package exports loaded on first use),
+     the ``hpcdiff`` package itself;
    * math: ``diffusion`` (the PhysicsNeMo API), ``models`` (backbones);
    * data: ``data`` (NetCDF/Dask readers, tiles, normalization);
    * distributed: ``distributed`` (launchers, process groups, ZeRO engines, checkpoints);
@@ -34,7 +35,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = [
-    ("foundation", {"", "core", "config", "logs", "progress", "extras", "nvtx"}),
+    ("foundation", {"", "core", "config", "logs", "progress", "extras", "nvtx", "lazy"}),
     ("math", {"diffusion", "models"}),
     ("data", {"data"}),
     ("distributed", {"distributed"}),

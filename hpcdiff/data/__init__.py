@@ -14,8 +14,7 @@ Main entry points (imported on first use, so worker processes load only what the
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hpcdiff.lazy import lazy_exports
 
 _EXPORTS = {
     "Batch": "hpcdiff.data.batch",
@@ -40,11 +39,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'hpcdiff.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

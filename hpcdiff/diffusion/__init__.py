@@ -3,9 +3,8 @@
 Mirrors ``physicsnemo.diffusion`` name for name; subpackages are imported lazily on access.
 """
 
-import importlib
-
 from hpcdiff.diffusion.base import Denoiser, DiffusionModel, Predictor, PredictorType
+from hpcdiff.lazy import lazy_exports
 
 _SUBPACKAGES = (
     "noise_schedulers",
@@ -20,7 +19,4 @@ _SUBPACKAGES = (
 __all__ = ["Denoiser", "DiffusionModel", "Predictor", "PredictorType", *_SUBPACKAGES]
 
 
-def __getattr__(name: str):
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"hpcdiff.diffusion.{name}")
-    raise AttributeError(f"module 'hpcdiff.diffusion' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {n: f"{__name__}.{n}" for n in _SUBPACKAGES})

@@ -17,8 +17,7 @@ Typical use by a training loop (``optim`` is the trainer's AdamW section)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hpcdiff.lazy import lazy_exports
 
 _EXPORTS = {
     "DistEnv": "env",
@@ -55,7 +54,6 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'hpcdiff.distributed' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"hpcdiff.distributed.{_EXPORTS[name]}"), name)
+__getattr__, __dir__ = lazy_exports(
+    __name__, {k: f"hpcdiff.distributed.{v}" for k, v in _EXPORTS.items()}
+)

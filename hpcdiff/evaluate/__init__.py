@@ -12,8 +12,7 @@ Names are imported on first use, so ``hpcdiff --help`` does not load torch or ne
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hpcdiff.lazy import lazy_exports
 
 _EXPORTS = {
     "SamplesFile": "hpcdiff.evaluate.inputs",
@@ -29,11 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'hpcdiff.evaluate' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

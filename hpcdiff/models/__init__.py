@@ -5,8 +5,7 @@ Names load lazily on first access, so ``import hpcdiff.models`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hpcdiff.lazy import lazy_exports
 
 _EXPORTS = {
     "SongUNet": "hpcdiff.models.song_unet",
@@ -26,13 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'hpcdiff.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
