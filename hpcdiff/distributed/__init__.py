@@ -44,6 +44,7 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint",
     "resume": "checkpoint",
     "find_latest": "checkpoint",
+    "finished_at": "checkpoint",
     "verify_checkpoint": "checkpoint",
     "capture_rng_state": "checkpoint",
     "restore_rng_state": "checkpoint",

@@ -404,6 +404,20 @@ def load_checkpoint(engine: Any, path: str | os.PathLike, ema: ShardedEMA | None
     return manifest["step"], extra
 
 
+def finished_at(ckpt_dir: str | os.PathLike, resume_from: str, steps: int) -> int | None:
+    """The step of the checkpoint a ``latest`` resume would continue from, when it is at or
+    past ``steps`` (a finished run: nothing to build), else None. Collective; verifies only
+    when the newest checkpoint directory is that far."""
+    if resume_from != "latest":
+        return None
+    newest = _from_rank0(list_checkpoints(ckpt_dir)[:1])
+    if not newest or int(_STEP_DIR.match(newest[0].name).group(1)) < steps:
+        return None
+    path = find_latest(ckpt_dir)
+    step = None if path is None else int(read_manifest(path)["step"])
+    return step if step is not None and step >= steps else None
+
+
 def resume(
     engine: Any,
     ckpt_dir: str | os.PathLike,

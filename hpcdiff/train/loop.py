@@ -30,6 +30,7 @@ from hpcdiff.distributed import (
     build_engine,
     capture_rng_state,
     estimate_zero_memory,
+    finished_at,
     forward_deepspeed_ranges,
     init_distributed,
     model_init_context,
@@ -194,6 +195,16 @@ def _resume(engine, ema, stream: DataStream, cfg: TrainConfig, ckpt_dir: Path, r
     return start, int(extra["samples_seen"])
 
 
+def _finished(run_dir: Path, step: int, steps: int, rank: int, stream: DataStream) -> Path:
+    """A finished run: say so in one line, train nothing."""
+    if rank == 0:
+        print(finished_message(run_dir, step, steps), file=sys.stderr, flush=True)
+    stream.close()
+    close_logging()
+    shutdown()
+    return run_dir
+
+
 def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     """Run (or resume) the experiment ``cfg``; returns the run directory."""
     stop = install_stop_signals(cfg.run.stop_signals)  # the handler only sets a flag
@@ -229,21 +240,19 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(cfg, run_dir / "config.yaml")  # the config this (re)start runs with
     setup_logging(run_dir, rank, cfg.run.log_level)  # <run_dir>/logs/rank{rank:05d}.log
+    ckpt_dir = run_dir / cfg.checkpoint.dir
+    done_at = finished_at(ckpt_dir, cfg.checkpoint.resume, steps)  # before any engine is built
+    if done_at is not None:
+        return _finished(run_dir, done_at, steps, rank, stream)
 
     # Engine (ZeRO-sharded optimizer state / gradients / parameters), EMA, resume.
     engine = build_engine(objective, cfg.zero, cfg.optim, cfg.data.batch_size, ctx)
     ema = ShardedEMA(engine.module, cfg.ema) if cfg.ema.enabled else None
-    ckpt_dir = run_dir / cfg.checkpoint.dir
     start, samples_seen = _resume(engine, ema, stream, cfg, ckpt_dir, rank)
     if start > 0:
         summary.pop("init_from", None)
-    if start >= steps:  # a finished run: say so in one line, train nothing
-        if rank == 0:
-            print(finished_message(run_dir, start, steps), file=sys.stderr, flush=True)
-        stream.close()
-        close_logging()
-        shutdown()
-        return run_dir
+    if start >= steps:  # resumed from a checkpoint path at or past run.steps
+        return _finished(run_dir, start, steps, rank, stream)
     accum = cfg.zero.grad_accum_steps
     global_batch = cfg.data.batch_size * part.groups * accum  # samples per optimizer step
     patches_per_step = cfg.data.batch_size * world * accum * cfg.data.patches_per_sample

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -80,13 +81,22 @@ def test_dry_run_checks_what_the_run_checks(work, override, expected):
         assert check.split("error: ")[1] == real.split("error: ")[1]
 
 
-def test_finished_run_says_so_in_one_line(work):
+def test_finished_run_says_so_in_one_line(work, monkeypatch, capsys):
     ok(hpcdiff(work, "train", "--config", "tiny.yaml", "run.name=done"))
     metrics = (work / "runs" / "done" / "metrics.jsonl").read_text()
     again = ok(hpcdiff(work, "train", "--config", "tiny.yaml", "run.name=done"))
     finished = [line for line in again.stderr.splitlines() if "is finished" in line]
     assert len(finished) == 1 and "raise run.steps (e.g. run.steps=4)" in finished[0]
     assert (work / "runs" / "done" / "metrics.jsonl").read_text() == metrics  # nothing trained
+    # Decided before any engine is built (reruns of finished runs are cheap).
+    from hpcdiff.experiment.config import load_config
+    from hpcdiff.train import loop
+
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(loop, "build_engine", lambda *a, **k: pytest.fail("engine built"))
+    with mock.patch.dict(os.environ):  # init_distributed exports RANK, MASTER_PORT, ...
+        assert loop.train(load_config("tiny.yaml", ["run.name=done"])) == Path("runs/done")
+    assert "is finished" in capsys.readouterr().err
 
 
 def _state(path) -> dict:
