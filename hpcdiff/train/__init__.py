@@ -1,0 +1,1 @@
+"""Training: the loop, its command and the checkpoint and profiling commands around it."""
