@@ -29,6 +29,30 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _baseline_table(result: dict) -> str:
+    """Per variable: the ensemble and each baseline (* the reference) with RMSE, CRPS (MAE
+    for a baseline), the ensemble's skill against it and fine-scale power ratios."""
+    head = (f"{'variable':<10} {'vs':<14} {'rmse':>9} {'crps|mae':>9} {'crps_skill':>10} "
+            f"{'rmse_skill':>10} {'fine_power':>10}")  # fmt: skip
+    lines = [head]
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.4g}"
+
+    for name, s in result["scores"].items():
+        fine = (s.get("fine_power_ratio") or {}).get("members")
+        lines.append(f"{name:<10} {'ensemble':<14} {fmt(s['rmse']):>9} {fmt(s['crps']):>9} "
+                     f"{'':>10} {'':>10} {fmt(fine):>10}")  # fmt: skip
+        for kind, b in (s.get("baselines") or {}).items():
+            label = kind + (" *" if kind == s.get("reference_baseline") else "")
+            cells = [b["rmse"], b["mae"], b["crps_skill"], b["rmse_skill"], b["fine_power_ratio"]]
+            text = " ".join(f"{fmt(v):>{w}}" for v, w in zip(cells, (9, 9, 10, 10, 10)))
+            lines.append(f"{'':<10} {label:<14} {text}")
+    if not any(s.get("baselines") for s in result["scores"].values()):
+        return f"baselines: none ({result.get('condition')})"
+    return "\n".join(lines)
+
+
 def _run(args: argparse.Namespace) -> int:
     from hpcdiff.evaluate.run import PatchGrid, evaluate, evaluate_run
 
@@ -44,7 +68,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.patch_shape is not None:
         grid = PatchGrid(tuple(args.patch_shape), args.overlap_pix, args.boundary_pix)
     common = dict(truth=args.truth and [args.truth], variables=args.variables, patch_grid=grid,
-                  seed=args.seed, make_plots=not args.no_plots)  # fmt: skip
+                  seed=args.seed, make_plots=not args.no_plots,
+                  condition=args.condition and [args.condition])  # fmt: skip
     try:
         if args.run_dir is not None:
             result = evaluate_run(args.run_dir, samples=args.samples, out_dir=args.out, **common)
@@ -55,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         print_error("evaluate", err)
         return EXIT_USAGE
     print(_table(result))
+    print(_baseline_table(result))
     print(f"wrote {result['metrics_json']}")
     for path in result.get("plots", []):
         print(f"wrote {path}")
@@ -78,6 +104,9 @@ def register(subparsers) -> None:
     p.add_argument("--truth", metavar="FILE",
                    help="truth NetCDF file or glob (default: <var>_truth in the samples file, "
                    "else the run's data.files)")
+    p.add_argument("--condition", metavar="FILE",
+                   help="coarse condition NetCDF file or glob for the interpolation baselines "
+                   "(default: the run's data.condition_files)")
     p.add_argument("--variables", nargs="+", metavar="NAME",
                    help="variables to score (default: all)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/eval)")

@@ -117,12 +117,13 @@ class SamplesFile:
         )
         return _as_float(var[key])
 
-    def has_truth(self, name: str) -> bool:
-        return f"{name}_truth" in self.ds.variables
+    def has_truth(self, name: str, suffix: str = "truth") -> bool:
+        return f"{name}_{suffix}" in self.ds.variables
 
-    def truth(self, name: str, t: int) -> np.ndarray:
-        """Truth (H, W) of ``name`` at step ``t`` from ``<name>_truth`` in this file."""
-        var = self.ds.variables[f"{name}_truth"]
+    def truth(self, name: str, t: int, suffix: str = "truth") -> np.ndarray:
+        """Truth (H, W) of ``name`` at step ``t`` from ``<name>_truth`` in this file (or
+        another companion field such as ``<name>_regression``, by ``suffix``)."""
+        var = self.ds.variables[f"{name}_{suffix}"]
         if tuple(var.shape[-2:]) != self.shape or var.ndim not in (2, 3):
             raise DataError(
                 f"has shape {var.shape}; expected (time, y, x) with (y, x) = {self.shape}",

@@ -74,13 +74,19 @@ def map_coords(nc: Any, variable: str, step: int) -> tuple[np.ndarray, np.ndarra
 
 
 def map_panels(
-    ens: np.ndarray, truth: np.ndarray, members: int = 3
+    ens: np.ndarray,
+    truth: np.ndarray,
+    members: int = 3,
+    baseline: tuple[str, np.ndarray] | None = None,
 ) -> list[tuple[str, np.ndarray]]:
-    """(title, field) panels of one time step: truth, the first ``members`` members, ensemble
-    mean and std (ddof 0), subsampled to at most :data:`MAX_MAP_PIXELS` per side."""
+    """(title, field) panels of one time step: truth, the ``baseline`` (title, field) if
+    given, the first ``members`` members, ensemble mean and std (ddof 0), subsampled to at
+    most :data:`MAX_MAP_PIXELS` per side."""
     step = map_step(truth.shape)
     ens, truth = ens[:, ::step, ::step], truth[::step, ::step]  # (M, h, w), (h, w)
     panels = [("truth", truth)]
+    if baseline is not None:
+        panels.append((baseline[0], baseline[1][::step, ::step]))
     panels += [(f"member {m}", ens[m]) for m in range(min(members, ens.shape[0]))]
     panels += [("ensemble mean", ens.mean(0)), ("ensemble std", ens.std(0))]
     return panels
@@ -126,18 +132,26 @@ def _grid(n: int, plt, width: float = 4.0):
     return fig, axes.flat
 
 
-def plot_spectra(path: Path, scores: dict[str, dict]) -> Path:
-    """Log-log radially averaged power spectra per variable: truth, members, ensemble mean."""
+def plot_spectra(path: Path, scores: dict[str, dict], band: list[float] | None = None) -> Path:
+    """Log-log radially averaged power spectra per variable: truth, members, ensemble mean
+    and every baseline (thin, dotted); the fine-scale ``band`` shaded."""
     plt = _pyplot()
     names = [v for v, s in scores.items() if s.get("spectra")]
     fig, axes = _grid(max(len(names), 1), plt)
     for ax, name in zip(axes, names):
         spec = scores[name]["spectra"]
         k = np.asarray(spec["wavenumber"])
-        for key, style in (("truth", "k-"), ("members", "C0-"), ("ensemble_mean", "C1--")):
-            power = np.asarray(spec[key], dtype=float)
+        curves = [(spec[key], style, key.replace("_", " ")) for key, style in
+                  (("truth", "k-"), ("members", "C0-"), ("ensemble_mean", "C1--"))]  # fmt: skip
+        for i, (kind, base) in enumerate((scores[name].get("baselines") or {}).items()):
+            if base.get("spectrum") is not None:
+                curves.append((base["spectrum"], f"C{i + 2}:", kind))
+        for values, style, label in curves:
+            power = np.asarray(values, dtype=float)
             keep = (k > 0) & (power > 0)
-            ax.loglog(k[keep], power[keep], style, label=key.replace("_", " "))
+            ax.loglog(k[keep], power[keep], style, label=label)
+        if band is not None:
+            ax.axvspan(*band, color="0.9", zorder=0, label="fine scales")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("wavenumber (cycles per domain)")
         ax.set_ylabel("power")

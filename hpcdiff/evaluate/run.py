@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from hpcdiff.evaluate import plots
+from hpcdiff.evaluate.baselines import Baselines
 from hpcdiff.evaluate.inputs import FileTruth, InFileTruth, SamplesFile, latest_samples
-from hpcdiff.evaluate.scores import VariableScores, patch_lines
+from hpcdiff.evaluate.scores import VariableScores, fine_band, fine_power_ratio, patch_lines, skill
 
 DEFINITIONS = {
     "rmse": "sqrt(mean (ensemble mean - truth)^2) over valid points",
@@ -29,6 +30,13 @@ DEFINITIONS = {
     "seam.score": "R(members) / R(truth), R = mean squared difference across patch-boundary "
     "lines / across other lines (1 = no seams)",
     "all times": "scores over all times pool the valid points of every time step",
+    "baselines": "bicubic / conservative interpolation of the coarse condition (and the "
+    "regression mean of a residual run), scored as one-member ensembles on the ensemble's "
+    "valid points (their CRPS is their MAE)",
+    "crps_skill": "1 - CRPS / MAE of the baseline (> 0: the ensemble beats it)",
+    "rmse_skill": "1 - RMSE / RMSE of the baseline",
+    "fine_power_ratio": "sum of power / sum of the truth's power over wavenumbers in "
+    "fine_band = (min(coarse h, w) / 2, min(H, W) / 2] cycles per domain",
 }
 
 
@@ -61,6 +69,8 @@ class Fallbacks:
     truth_dims: dict = field(default_factory=dict)
     patch_grid: PatchGrid | None = None
     truth_levels: dict = field(default_factory=dict)  # data.levels (WRF bottom_top, ...)
+    condition_files: list[str] = field(default_factory=list)  # data.condition_files
+    condition_variables: list[str] = field(default_factory=list)  # data.condition_variables
 
 
 def _file_patch_grid(samples: SamplesFile) -> PatchGrid | None:
@@ -105,11 +115,14 @@ def evaluate(
     metrics_jsonl: str | Path | None = None,
     seed: int = 0,
     make_plots: bool = True,
+    condition: Sequence[str] | None = None,
 ) -> dict:
-    """Score the ensemble in ``samples_path`` against its truth; write ``metrics.json`` and
-    PNGs to ``out_dir``. The truth is ``truth`` (files), else ``<var>_truth`` in the samples
-    file, else ``fallbacks.truth_files``; the patch grid is ``patch_grid``, else the samples
-    file's attributes, else ``fallbacks.patch_grid`` (no seam score without one)."""
+    """Score the ensemble in ``samples_path`` against its truth and its baselines; write
+    ``metrics.json`` and PNGs to ``out_dir``. The truth is ``truth`` (files), else
+    ``<var>_truth`` in the samples file, else ``fallbacks.truth_files``; the patch grid is
+    ``patch_grid``, else the samples file's attributes, else ``fallbacks.patch_grid`` (no seam
+    score without one); the coarse condition of the interpolation baselines is ``condition``
+    (files), else ``fallbacks.condition_files`` (no interpolation baseline without one)."""
     fallbacks = fallbacks or Fallbacks()
     out_dir = Path(out_dir)
     samples = SamplesFile(samples_path, variables)
@@ -117,19 +130,27 @@ def evaluate(
         source = _truth(samples, truth, fallbacks)
         grid = patch_grid or _file_patch_grid(samples) or fallbacks.patch_grid
         lines = grid.lines(samples.shape) if grid is not None else None
+        base = Baselines.open(samples, source, condition, fallbacks)
         out_dir.mkdir(parents=True, exist_ok=True)
         scores, maps = {}, []
         for c, name in enumerate(samples.variables):
             acc = VariableScores(samples.members, lines, np.random.default_rng([seed, c]))
+            base_acc = {kind: VariableScores(1, None, np.random.default_rng([seed, c, k]))
+                        for k, kind in enumerate(base.kinds(name))}  # fmt: skip
             for t in range(samples.n_times):
                 ens, y = samples.slab(name, t), source.read(name, t)  # (M, H, W), (H, W)
                 acc.update(ens, y, samples.label(t))
+                fields = base.fields(name, t)  # {kind: (H, W)}
+                y_ens = np.where(np.isfinite(ens).all(0), y, np.nan)  # the ensemble's points
+                for kind, guess in fields.items():
+                    base_acc[kind].update(guess[None], y_ens, samples.label(t))
                 if t == 0 and make_plots:
-                    panels = plots.map_panels(ens, y)
+                    shown = base.shown(name, fields)
+                    panels = plots.map_panels(ens, y, baseline=shown)
                     where = plots.map_coords(samples.ds, name, plots.map_step(y.shape))
                     maps.append(plots.plot_maps(out_dir / f"maps_{name}.png", name,
                                                 samples.label(0), panels, where))  # fmt: skip
-            scores[name] = acc.result()
+            scores[name] = _with_baselines(acc.result(), base_acc, base, name, samples.shape)
         result = {
             "samples": str(samples_path),
             "truth": source.description,
@@ -138,22 +159,54 @@ def evaluate(
             "grid": list(samples.shape),
             "patch_grid": grid.as_dict() if grid is not None else None,
             "seed": seed,
+            "condition": base.description,
+            "fine_band": _band(samples.shape, base),
             "definitions": DEFINITIONS,
             "scores": scores,
         }
     finally:
         samples.close()
     if make_plots:
-        result["plots"] = [str(p) for p in maps + _summary_plots(out_dir, scores, metrics_jsonl)]
+        summary = _summary_plots(out_dir, scores, metrics_jsonl, result["fine_band"])
+        result["plots"] = [str(p) for p in maps + summary]
     result = _json_safe(result)
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return {**result, "metrics_json": str(path)}
 
 
-def _summary_plots(out_dir: Path, scores: dict, metrics_jsonl: str | Path | None) -> list[Path]:
+def _band(shape: tuple[int, int], base: Baselines) -> list[float] | None:
+    return None if base.coarse_shape is None else list(fine_band(shape, base.coarse_shape))
+
+
+def _with_baselines(scores: dict, accs: dict, base: Baselines, name: str, shape) -> dict:
+    """``scores`` with the members' and ensemble mean's fine-scale power ratios and, per
+    baseline, its RMSE, MAE, fine-scale power ratio, spectrum and the ensemble's skill."""
+    band = _band(shape, base)
+
+    def ratio(spectra: dict | None, key: str) -> float | None:
+        return None if band is None else fine_power_ratio(spectra, band, key)
+
+    spec = scores["spectra"]
+    scores["fine_power_ratio"] = {
+        "members": ratio(spec, "members"),
+        "ensemble_mean": ratio(spec, "ensemble_mean"),
+    }
+    scores["reference_baseline"] = base.reference(name)
+    scores["baselines"] = {}
+    for kind, acc in accs.items():
+        got = acc.result()
+        scores["baselines"][kind] = {
+            "rmse": got["rmse"], "mae": got["crps"], **skill(scores, got),
+            "fine_power_ratio": ratio(got["spectra"], "members"),
+            "spectrum": None if got["spectra"] is None else got["spectra"]["members"],
+        }  # fmt: skip
+    return scores
+
+
+def _summary_plots(out_dir: Path, scores: dict, metrics_jsonl, band) -> list[Path]:
     paths = [
-        plots.plot_spectra(out_dir / "spectra.png", scores),
+        plots.plot_spectra(out_dir / "spectra.png", scores, band),
         plots.plot_rank_histograms(out_dir / "rank_histograms.png", scores),
     ]
     if metrics_jsonl is not None and Path(metrics_jsonl).is_file():
@@ -173,10 +226,11 @@ def evaluate_run(
     patch_grid: PatchGrid | None = None,
     seed: int = 0,
     make_plots: bool = True,
+    condition: Sequence[str] | None = None,
 ) -> dict:
-    """:func:`evaluate` for a run directory: its newest samples file, variables, truth files
-    and patch grid from ``<run_dir>/config.yaml``, loss curves from ``metrics.jsonl``; output
-    to ``<run_dir>/eval`` by default."""
+    """:func:`evaluate` for a run directory: its newest samples file, variables, truth files,
+    condition files and patch grid from ``<run_dir>/config.yaml``, loss curves from
+    ``metrics.jsonl``; output to ``<run_dir>/eval`` by default."""
     from hpcdiff.experiment.config import load_config
 
     run_dir = Path(run_dir)
@@ -186,6 +240,8 @@ def evaluate_run(
         dict(cfg.data.dims),
         PatchGrid(tuple(cfg.data.patch_shape), cfg.sample.overlap_pix, cfg.sample.boundary_pix),
         dict(cfg.data.levels),
+        list(cfg.data.condition_files),
+        list(cfg.data.condition_variables),
     )
     return evaluate(
         samples if samples is not None else latest_samples(run_dir),
@@ -197,4 +253,5 @@ def evaluate_run(
         metrics_jsonl=run_dir / "metrics.jsonl",
         seed=seed,
         make_plots=make_plots,
+        condition=condition,
     )

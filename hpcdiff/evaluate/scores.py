@@ -206,3 +206,33 @@ def _row(label: str | None, n: int, se: float, var: float, crps: float, M: int) 
     ssr = math.sqrt((M + 1) / M) * spread / rmse if rmse > 0 else math.nan
     return {"time": label, "n_valid": n, "rmse": rmse, "crps": crps / n, "spread": spread,
             "spread_skill": ssr}  # fmt: skip
+
+
+def fine_band(shape: tuple[int, int], coarse_shape: tuple[int, int]) -> tuple[float, float]:
+    """Wavenumbers (cycles per domain) the truth resolves and the condition does not:
+    (min(h, w) / 2, min(H, W) / 2], the coarse grid's and the target grid's Nyquist."""
+    return min(coarse_shape) / 2, min(shape) / 2
+
+
+def fine_power_ratio(spectra: dict | None, band: tuple[float, float], key: str) -> float:
+    """sum P_key(k) / sum P_truth(k) over the bins with centre k in ``band`` (lo, hi]."""
+    if spectra is None:
+        return math.nan
+    k = np.asarray(spectra["wavenumber"])
+    inside = (k > band[0]) & (k <= band[1])
+    truth = float(np.sum(np.asarray(spectra["truth"])[inside]))
+    if not inside.any() or truth <= 0:
+        return math.nan
+    return float(np.sum(np.asarray(spectra[key])[inside])) / truth
+
+
+def skill(model: dict, base: dict) -> dict:
+    """Skill of the ensemble (``model``: :meth:`VariableScores.result`) against a
+    deterministic baseline scored as a one-member ensemble (its CRPS is its MAE):
+    1 - CRPS / MAE_base and 1 - RMSE / RMSE_base (> 0: better than the baseline)."""
+
+    def one_minus(a: float, b: float) -> float:
+        return 1.0 - a / b if b > 0 and math.isfinite(a) else math.nan
+
+    return {"crps_skill": one_minus(model["crps"], base["crps"]),
+            "rmse_skill": one_minus(model["rmse"], base["rmse"])}  # fmt: skip

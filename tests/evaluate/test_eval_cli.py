@@ -213,3 +213,94 @@ def test_patch_grid_precedence_option_then_file_attributes_then_run_config(tmp_p
     grid, counts = lines(["--patch-shape", "6", "5"])
     assert grid == {"patch_shape": [6, 5], "overlap_pix": 0, "boundary_pix": 0}
     assert counts == (len(patch_lines(H, 6, 0, 0)), len(patch_lines(W, 5, 0, 0)))
+
+
+F = 4  # coarsening factor of the condition written by _write_condition: (H / F, W / F)
+
+
+def _write_condition(path: Path, seed: int = 1) -> np.ndarray:
+    """A coarse condition file like the truth file (hourly times 0..4, no coordinates);
+    returns its values (5, C, H / F, W / F)."""
+    coarse = np.random.default_rng(seed).normal(size=(5, len(VARS), H // F, W // F))
+    coarse = coarse.astype(np.float32)
+    with netCDF4.Dataset(path, "w") as nc:
+        for name, size in (("time", None), ("lat", H // F), ("lon", W // F)):
+            nc.createDimension(name, size)
+        t = nc.createVariable("time", "f8", ("time",))
+        t.units, t.calendar = "hours since 2020-01-01 00:00:00", "standard"
+        t[:] = np.arange(5)
+        for c, name in enumerate(VARS):
+            nc.createVariable(name, "f4", ("time", "lat", "lon"))[:] = coarse[:, c]
+    return coarse
+
+
+def _numpy_bicubic(coarse: np.ndarray) -> np.ndarray:
+    """Keys (a = -0.5) cubic convolution, point by point, edge cells replicated."""
+
+    def kernel(s):
+        s = abs(s)
+        return 1.5 * s**3 - 2.5 * s**2 + 1 if s <= 1 else (-0.5 * s**3 + 2.5 * s**2 - 4 * s + 2
+                                                            if s < 2 else 0.0)  # fmt: skip
+
+    def axis(n_fine, n):  # (n_fine, n) weights along one axis
+        out = np.zeros((n_fine, n))
+        for i in range(n_fine):
+            p = (i + 0.5) / F - 0.5
+            for j in range(int(np.floor(p)) - 1, int(np.floor(p)) + 3):
+                out[i, min(max(j, 0), n - 1)] += kernel(p - j)
+        return out
+
+    h, w = coarse.shape
+    return axis(H, h) @ coarse.astype(np.float64) @ axis(W, w).T
+
+
+def _numpy_spectrum(f: np.ndarray) -> np.ndarray:
+    p = np.fft.fftshift(np.abs(np.fft.fft2(f, norm="ortho")) ** 2).ravel()
+    ky, kx = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    k = np.hypot(ky - H // 2, kx - W / 2).ravel()
+    nbins = min(H // 2, W // 2) - 1
+    b = np.floor(k * nbins / (k.max() + 1)).astype(int)
+    return np.bincount(b, p, nbins) / np.bincount(b, minlength=nbins)
+
+
+def test_baselines_equal_a_direct_numpy_computation(tmp_path, capsys):
+    """Interpolation baselines of the run's condition files: bicubic (Keys) and conservative
+    (= repeating each coarse cell for an integer factor) fields, their RMSE, MAE, the
+    ensemble's CRPS / RMSE skill and the fine-scale power ratio, all recomputed here."""
+    run = _make_run(tmp_path)
+    coarse = _write_condition(tmp_path / "coarse.nc")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"].update(condition_files=[str(tmp_path / "coarse.nc")], condition_variables=VARS)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", str(run)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    _assert_png(run / "eval" / "spectra.png")  # with the baselines' spectra
+    ens, truth = _fields()
+    nbins = min(H // 2, W // 2) - 1
+    centres = (np.arange(nbins) + 0.5) * (math.hypot(H // 2, W / 2) + 1) / nbins
+    band = (centres > min(H, W) // F / 2) & (centres <= min(H, W) / 2)
+    assert result["fine_band"] == [min(H // F, W // F) / 2, min(H, W) / 2]
+    for c, name in enumerate(VARS):
+        s = result["scores"][name]
+        assert s["reference_baseline"] == "bicubic" and f"{name:<10} ensemble" in printed
+        for kind in ("bicubic", "conservative"):
+            fields = [_numpy_bicubic(coarse[h, c]) if kind == "bicubic" else
+                      np.repeat(np.repeat(coarse[h, c], F, 0), F, 1) for h in HOURS]  # fmt: skip
+            y = truth[:, c]
+            valid = np.isfinite(y)
+            err = np.stack(fields) - y  # (T, H, W)
+            rmse, mae = np.sqrt(np.mean(err[valid] ** 2)), np.mean(np.abs(err[valid]))
+            filled = [(np.where(valid[t], f, f[valid[t]].mean()),
+                       np.where(valid[t], y[t], y[t][valid[t]].mean()))
+                      for t, f in enumerate(fields)]  # fmt: skip
+            p_base = sum(_numpy_spectrum(f) for f, _ in filled)
+            p_truth = sum(_numpy_spectrum(g) for _, g in filled)
+            got = s["baselines"][kind]
+            assert got["rmse"] == pytest.approx(rmse, rel=1e-5)
+            assert got["mae"] == pytest.approx(mae, rel=1e-5)
+            assert got["crps_skill"] == pytest.approx(1 - s["crps"] / mae, rel=1e-5)
+            assert got["rmse_skill"] == pytest.approx(1 - s["rmse"] / rmse, rel=1e-5)
+            ratio = p_base[band].sum() / p_truth[band].sum()
+            assert got["fine_power_ratio"] == pytest.approx(ratio, rel=1e-4)
+            assert got["spectrum"] == pytest.approx(p_base / len(HOURS), rel=1e-4)
