@@ -54,8 +54,10 @@ def build_inference_model(
     patch_shape: tuple[int, int],
     channels: int,
     condition_channels: int,
+    kind: str = "diffusion",
 ) -> MultiDiffusionModel2D:
-    """MultiDiffusionModel2D(preconditioner(backbone)) for ``channels`` target variables.
+    """MultiDiffusionModel2D(preconditioner(backbone)) for ``channels`` target variables, or
+    MultiDiffusionModel2D(RegressionNet(backbone)) for ``kind`` regression.
 
     The backbone sees [x, condition, positional embedding] stacked along channels.
     """
@@ -71,9 +73,15 @@ def build_inference_model(
     )  # fmt: skip
     if family == "SongUNet":
         backbone = SongUNetDiffusionModel(backbone)
-    precond = _precondition(diffusion_cfg.preconditioner, backbone, float(diffusion_cfg.sigma_data))
+    if kind == "regression":
+        from hpcdiff.experiment.regression import RegressionNet
+
+        wrapped = RegressionNet(backbone)
+    else:
+        sigma_data = float(diffusion_cfg.sigma_data)
+        wrapped = _precondition(diffusion_cfg.preconditioner, backbone, sigma_data)
     model = MultiDiffusionModel2D(
-        precond,
+        wrapped,
         global_spatial_shape=tuple(grid_shape),
         positional_embedding=pe,
         channels_positional_embedding=c_pe or 4,
@@ -94,6 +102,25 @@ class _OnPatches:
             x, t, condition=condition, x_is_patched=True, t_is_patched=True,
             condition_is_patched=True,
         )  # fmt: skip
+
+
+def random_patches(objective: Module, x0, weight, condition, origin) -> tuple:
+    """``objective.patches_per_sample`` random patches of each window of x0, weight (B, C, h,
+    w) and condition (B, Cc, h, w) or None, whose top-left corners on the global grid are
+    ``origin`` (B, 2) (default: the whole grid): (P B, C, Hp, Wp) each, the condition as
+    sampling lays it out ({"condition": ...}); the model's patch indices are set to the
+    patches' global positions (their positional embedding)."""
+    B, shape = x0.shape[0], objective.patch_shape
+    corners = draw_corners(x0.shape[-2:], shape, objective.patches_per_sample, B)
+    offset = torch.zeros(B, 2, dtype=torch.long) if origin is None else origin.cpu()
+    objective.model.set_patch_indices((corners + offset).reshape(-1, 2))  # global (P B, 2)
+    x0_p = gather_patches(x0, corners, shape)  # (P B, C, Hp, Wp)
+    weight_p = gather_patches(weight, corners, shape)
+    cond_p = None
+    if condition is not None:
+        patches = gather_patches(condition, corners, shape)
+        cond_p = TensorDict({"condition": patches}, batch_size=[patches.shape[0]])
+    return x0_p, weight_p, cond_p
 
 
 class DiffusionObjective(Module):
@@ -130,15 +157,6 @@ class DiffusionObjective(Module):
         condition: torch.Tensor | None = None,
         origin: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B = x0.shape[0]
-        corners = draw_corners(x0.shape[-2:], self.patch_shape, self.patches_per_sample, B)
-        offset = torch.zeros(B, 2, dtype=torch.long) if origin is None else origin.cpu()
-        self.model.set_patch_indices((corners + offset).reshape(-1, 2))  # global (P B, 2)
-        x0_p = gather_patches(x0, corners, self.patch_shape)  # (P B, C, Hp, Wp)
-        weight_p = gather_patches(weight, corners, self.patch_shape)
-        cond_p = None
-        if condition is not None:  # the layout sampling uses: {"condition": (P B, Cc, Hp, Wp)}
-            patches = gather_patches(condition, corners, self.patch_shape)
-            cond_p = TensorDict({"condition": patches}, batch_size=[patches.shape[0]])
+        x0_p, weight_p, cond_p = random_patches(self, x0, weight, condition, origin)
         t = self.scheduler.sample_time(x0_p.shape[0], device=x0.device, dtype=x0.dtype)
         return self.loss(x0_p, weight_p, t=t, condition=cond_p)

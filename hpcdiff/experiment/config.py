@@ -1,9 +1,9 @@
 """The experiment config of ``hpcdiff train``: one dataclass section per component.
 
-Sections: ``run`` (here), ``data`` (:class:`hpcdiff.data.DataConfig`), ``model`` and
-``diffusion`` (here), ``optim`` (here), ``dist``, ``zero``,
-``ema``, ``checkpoint``, ``domain`` (:mod:`hpcdiff.distributed.config`), ``profiling`` and
-``sample`` (here).
+Sections: ``run`` (here), ``data`` (:class:`hpcdiff.data.DataConfig`), ``model``,
+``diffusion`` and ``objective`` (here), ``optim`` (here),
+``dist``, ``zero``, ``ema``, ``checkpoint``, ``domain`` (:mod:`hpcdiff.distributed.config`),
+``profiling`` and ``sample`` (here).
 """
 
 from __future__ import annotations
@@ -211,6 +211,34 @@ class DiffusionConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """Section ``objective``: what the backbone learns (docs/downscaling.md)."""
+
+    # diffusion: an ensemble generator (denoising score matching); regression: the conditional
+    # mean E[target | condition] (MSE, one deterministic field per time: CorrDiff's first stage).
+    kind: Literal["diffusion", "regression"] = "diffusion"
+    # Residual diffusion (CorrDiff): the run directory of a trained regression run (same data
+    # variables); the diffusion learns target - regression mean (normalized by its statistics,
+    # <run dir>/residual_stats.json), sees the mean as extra condition channels, and sampling
+    # adds the mean back. null: plain diffusion.
+    regression_run: str | None = None
+    # Regression means of training windows kept in memory (MiB per rank), computed once per
+    # time; beyond it they are recomputed.
+    mean_cache_mib: int = 1024
+
+    def validate(self) -> None:
+        if self.regression_run is not None and self.kind != "diffusion":
+            raise ConfigError(
+                "config key 'objective.regression_run' needs objective.kind diffusion, got "
+                f"{self.kind!r}"
+            )
+        if self.mean_cache_mib < 0:
+            raise ConfigError(
+                f"config key 'objective.mean_cache_mib' must be >= 0, got {self.mean_cache_mib}"
+            )
+
+
+@dataclass
 class ProfilingConfig:
     """Section ``profiling``: NVTX ranges (see ``hpcdiff.nvtx.RANGE_NAMES``) and a capture
     window of optimizer steps [start, stop) (see :mod:`hpcdiff.train.profile_window`).
@@ -253,8 +281,8 @@ class SampleConfig:
     # At most this many (patch, member) pairs per backbone call; null: all at once (most memory).
     chunk_size: int | None = None
     # Weights fusing overlapping patches: uniform (plain mean) or cosine (tapering towards
-    # each patch edge, which hides seams).
-    window: Literal["uniform", "cosine"] = "uniform"
+    # each patch edge, which hides seams: the default, see docs/downscaling.md).
+    window: Literal["uniform", "cosine"] = "cosine"
     # Noise seed: noise is keyed by (seed, time, member, position), not by rank, so any
     # number of ranks draws the same samples.
     seed: int = 0
@@ -292,6 +320,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     zero: ZeroConfig = field(default_factory=ZeroConfig)
@@ -313,6 +342,14 @@ class TrainConfig:
             raise ConfigError(
                 f"config key 'data.tile_margin': the trainer derives each rank's margin from "
                 f"data.patch_shape (see domain.grid); remove it (got {self.data.tile_margin})"
+            )
+        if self.objective.regression_run is not None and (
+            tuple(self.domain.grid) != (1, 1) or self.data.mode != "tile"
+        ):
+            raise ConfigError(
+                "config key 'objective.regression_run': residual diffusion trains on whole "
+                "grids (domain.grid [1, 1], data.mode tile), got domain.grid "
+                f"{list(self.domain.grid)}, data.mode {self.data.mode!r}"
             )
         if self.diffusion.scheduler in ("ve", "vp", "iddpm") and (
             self.diffusion.preconditioner != self.diffusion.scheduler

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -156,22 +155,69 @@ def _members(ensemble: int, mesh: DomainMesh) -> range:
     return range(mesh.data_group, ensemble, mesh.data_groups)
 
 
-def _load_collectively(ckpt: Path, output: Path, rank: int) -> Any:
-    """The consolidated trained objective on every rank (consolidation verifies the checkpoint
-    collectively, so all ranks run it; only rank 0 writes ``output``, the others a temp file)."""
-    from hpcdiff.distributed import consolidate_checkpoint
-    from hpcdiff.experiment.build import DiffusionObjective
+def _tiled_mean(regression: Any, cond: TensorDict | None, mesh: DomainMesh, C: int, p: dict):
+    """This rank's tile (1, C, h, w) of the regression mean: the fused patch grid ``p``
+    (:func:`~hpcdiff.experiment.residual.sampling_patching`), equal to the single-process
+    fuse for any tiling."""
+    pred = MultiDiffusionPredictor(regression.model, chunk_size=p["chunk_size"])
+    pred.set_patching(p["overlap_pix"], p["boundary_pix"], window=p["window"])
+    tiled = TiledMultiDiffusionPredictor(pred, mesh, condition=cond)
+    device = next(regression.parameters()).device
+    zeros = torch.zeros(1, C, *mesh.tile.shape, device=device)
+    return tiled(zeros, torch.zeros(1, device=device))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = output if rank == 0 else Path(tmp) / output.name
-        consolidate_checkpoint(ckpt, path, weights="auto")
-        return DiffusionObjective.from_checkpoint(path).train(False)
+
+def _members_of_time(objective: Any, cfg: Any, cond: Tensor | None, seeds: list[int], C: int,
+                     mesh: DomainMesh, residual: Any, on_step) -> tuple:  # fmt: skip
+    """This rank's tiles (E_g, C, h, w) of the members of one time (a regression run's: its
+    mean), and of a residual run's regression mean (1, C, h, w) (None for other runs)."""
+    from hpcdiff.experiment.regression import RegressionObjective
+    from hpcdiff.experiment.residual import sampling_patching
+
+    s, E = cfg.sample, len(seeds)
+
+    def condition(tensor: Tensor | None, batch: int) -> TensorDict | None:
+        if tensor is None:
+            return None
+        return TensorDict({"condition": tensor.expand(batch, -1, -1, -1)}, batch_size=[batch])
+
+    if isinstance(objective, RegressionObjective):  # every member is the mean
+        mean = _tiled_mean(objective, condition(cond, 1), mesh, C, sampling_patching(s))
+        return mean.expand(E, -1, -1, -1), None
+    mean = None
+    if residual is not None:
+        regression, (m, sd), patching = residual
+        mean = _tiled_mean(regression, condition(cond, 1), mesh, C, patching)
+        cond = mean if cond is None else torch.cat([cond, mean], dim=1)
+    pred = MultiDiffusionPredictor(objective.model, chunk_size=s.chunk_size)
+    pred.set_patching(s.overlap_pix, s.boundary_pix, window=s.window)
+    tiled = TiledMultiDiffusionPredictor(pred, mesh, condition=condition(cond, E))
+    x = sample_tiled(tiled, mesh, objective.scheduler, seeds, C, s.num_steps, s.solver,
+                     on_step=on_step)  # fmt: skip
+    if mean is not None:  # x = s r + m + mu(c)
+        x = x * sd.to(x).view(1, -1, 1, 1) + m.to(x).view(1, -1, 1, 1) + mean
+    return x, mean
 
 
-def _sample_valid_times(objective: Any, cfg: Any, device: torch.device) -> tuple:
+def _residual(cfg: Any, run_dir: Path, device: torch.device) -> Any:
+    """(regression objective, (m, s), patch grid of the mean) of a residual run (None
+    otherwise), from the snapshot and statistics its training left in ``run_dir``."""
+    from hpcdiff.core import Module
+    from hpcdiff.experiment.residual import SNAPSHOT, STATS, sampling_patching
+
+    if cfg.objective.regression_run is None:
+        return None
+    regression = Module.from_checkpoint(run_dir / SNAPSHOT).train(False).to(device)
+    stats = json.loads((run_dir / STATS).read_text())
+    patching = stats.get("mean_patching", sampling_patching(cfg.sample))
+    return regression, (torch.tensor(stats["mean"]), torch.tensor(stats["std"])), patching
+
+
+def _sample_valid_times(objective: Any, cfg: Any, device: torch.device, residual=None) -> tuple:
     """This rank's tiles (E_g, C, h, w) of the first ``sample.times`` validation times, with
-    its tiles of the truth, the time indices, the target source and the mesh. Every rank
-    reads only its tile of the target and the condition."""
+    its tiles of the truth and of the regression mean (residual runs), the
+    time indices, the target source and the mesh. Every rank reads only its tile of the
+    target and the condition."""
     from hpcdiff.data import DataStream
     from hpcdiff.data.stream import open_sources
     from hpcdiff.experiment.conditioning import condition_of
@@ -183,7 +229,7 @@ def _sample_valid_times(objective: Any, cfg: Any, device: torch.device) -> tuple
     sources = open_sources(data_cfg)
     mesh = DomainMesh.from_process_group(s.domain_grid, sources["target"].shape)
     members = _members(s.ensemble, mesh)
-    tiles, truths, times = [], [], []
+    tiles, truths, means, times = [], [], [], []
     stream = DataStream(data_cfg, split="valid", tile=mesh.tile, sources=sources)
     progress = SamplingProgress(s.num_steps, items=s.times, rank=mesh.rank, mode=cfg.run.progress)
     with contextlib.closing(stream), progress:
@@ -191,20 +237,15 @@ def _sample_valid_times(objective: Any, cfg: Any, device: torch.device) -> tuple
             time = int(batch.time_index[0])
             seeds = [(s.seed * 1_000_003 + time) * 1_000_003 + e for e in members]
             cond = condition_of(batch.to(device))
-            if cond is not None:
-                cond = TensorDict({"condition": cond.expand(len(seeds), -1, -1, -1)},
-                                  batch_size=[len(seeds)])  # fmt: skip
-            pred = MultiDiffusionPredictor(objective.model, chunk_size=s.chunk_size)
-            pred.set_patching(s.overlap_pix, s.boundary_pix, window=s.window)
-            tiled = TiledMultiDiffusionPredictor(pred, mesh, condition=cond)
-            C = batch.data.shape[1]
-            x = sample_tiled(tiled, mesh, objective.scheduler, seeds, C, s.num_steps, s.solver,
-                             on_step=progress.on_step)  # fmt: skip
+            x, mean = _members_of_time(objective, cfg, cond, seeds, batch.data.shape[1], mesh,
+                                       residual, progress.on_step)  # fmt: skip
             log.info("time %d: %d members sampled on tile %s", time, len(seeds), mesh.tile)
             tiles.append(x.cpu().numpy())
             truths.append(np.where(batch.mask[0].numpy(), batch.data[0].numpy(), np.nan))
+            means.append(None if mean is None else mean[0].cpu().numpy())
             times.append(time)
-    return tiles, truths, times, sources["target"], mesh
+    means = None if means[0] is None else means
+    return tiles, truths, means, times, sources["target"], mesh
 
 
 def generate_distributed(run_dir: Path, cfg: Any) -> dict:
@@ -215,6 +256,7 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     from hpcdiff.data.normalize import Normalizer
     from hpcdiff.distributed import find_latest
     from hpcdiff.distributed.runtime import init_distributed, shutdown
+    from hpcdiff.experiment.residual import consolidated_model
     from hpcdiff.generate.output import SamplesFile, plot_file
 
     ctx, s = init_distributed(cfg.dist), cfg.sample
@@ -224,18 +266,23 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     ckpt = find_latest(run_dir / cfg.checkpoint.dir)  # collective: verified on all ranks
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir / cfg.checkpoint.dir}: no complete checkpoint")
-    objective = _load_collectively(ckpt, run_dir / "model.mdlus", ctx.env.rank).to(ctx.device)
-    tiles, truths, times, source, mesh = _sample_valid_times(objective, cfg, ctx.device)
+    model = consolidated_model(ckpt, run_dir / "model.mdlus", ctx.env.rank).to(ctx.device)
+    residual = _residual(cfg, run_dir, ctx.device)
+    tiles, truths, means, times, source, mesh = _sample_valid_times(model, cfg, ctx.device,
+                                                                    residual)  # fmt: skip
     norm = Normalizer.from_file(
         cfg.data.stats_file, "target", cfg.data.variables, cfg.data.log1p_variables
     )
     ens = norm.denormalize(np.stack(tiles, axis=1), axis=2)  # (E_g, T, C, h, w)
     truth = norm.denormalize(np.stack(truths), axis=1)  # (T, C, h, w)
+    mean = None if means is None else norm.denormalize(np.stack(means), axis=1)  # (T, C, h, w)
     out_dir, variables = run_dir / "samples", list(cfg.data.variables)
     out_dir.mkdir(exist_ok=True)
-    out = SamplesFile(out_dir / "samples.nc", variables, source, mesh.shape)
+    out = SamplesFile(out_dir / "samples.nc", variables, source, mesh.shape,
+                      regression=mean is not None)  # fmt: skip
     out.write(ctx.env.rank, mesh.world, s.ensemble, times, ens, truth, mesh.tile,
-              _members(s.ensemble, mesh), truth_too=mesh.data_group == 0)  # fmt: skip
+              _members(s.ensemble, mesh), truth_too=mesh.data_group == 0,
+              regression=mean)  # fmt: skip
     result = {"netcdf": str(out.path), "times": times, "ensemble": s.ensemble,
               "domain_grid": list(mesh.grid), "world": mesh.world}  # fmt: skip
     if ctx.env.rank == 0:

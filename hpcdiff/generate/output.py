@@ -61,16 +61,18 @@ class SamplesFile:
         Global grid.
     """
 
-    def __init__(self, path: Path, variables: Sequence[str], source: Any, shape: Sequence[int]):
-        self.path, self.variables = Path(path), list(variables)
+    def __init__(self, path: Path, variables: Sequence[str], source: Any, shape: Sequence[int],
+                 regression: bool = False):  # fmt: skip
+        self.path, self.variables, self.regression = Path(path), list(variables), regression
         self.source, self.shape = source, (int(shape[0]), int(shape[1]))
         self._tmp = self.path.with_name(f".{self.path.name}.tmp")
 
     def write(self, rank: int, world: int, ensemble: int, times: Sequence[int],
               ens: np.ndarray, truth: np.ndarray, tile: Tile, members: range,
-              truth_too: bool) -> Path:  # fmt: skip
+              truth_too: bool, regression: np.ndarray | None = None) -> Path:  # fmt: skip
         """Collective: rank 0 lays the file out, then each rank in turn writes its tiles
-        ``ens`` (E_g, T, C, h, w) of ``members`` and, if ``truth_too``, ``truth`` (T, C, h, w)."""
+        ``ens`` (E_g, T, C, h, w) of ``members`` and, if ``truth_too``, ``truth`` and the
+        ``regression`` mean (T, C, h, w)."""
         from hpcdiff.distributed.collectives import barrier
 
         if rank == 0:
@@ -78,7 +80,8 @@ class SamplesFile:
         barrier()
         for turn in range(world):
             if turn == rank:
-                self._guarded(self.write_tile, tile, ens, members, truth if truth_too else None)
+                extra = {"truth": truth, "regression": regression} if truth_too else {}
+                self._guarded(self.write_tile, tile, ens, members, extra)
             barrier()
         if rank == 0:
             os.replace(self._tmp, self.path)
@@ -159,6 +162,10 @@ class SamplesFile:
                 f"{name}_truth", "f4", dims, zlib=True, chunksizes=(1, *chunks), fill_value=nan
             )
             tv.setncatts({**attrs, "comment": "target from the input files (truth)"})
+            if self.regression:
+                rv = nc.createVariable(f"{name}_regression", "f4", dims, zlib=True,
+                                       chunksizes=(1, *chunks), fill_value=nan)  # fmt: skip
+                rv.setncatts({**attrs, "comment": "regression mean (hpcdiff regression run)"})
 
     def _time(self, src: Any, nc: Any, tdim: str, times: Sequence[int]) -> None:
         """The time coordinate with the input's attributes and units."""
@@ -198,9 +205,9 @@ class SamplesFile:
         var.axis = axis
         var[:] = np.arange(self.shape[0] if axis == "Y" else self.shape[1])
 
-    def write_tile(self, tile: Tile, ens: np.ndarray, members: range,
-                   truth: np.ndarray | None) -> None:  # fmt: skip
-        """Write this rank's ``ens`` (E_g, T, C, h, w) and ``truth`` (T, C, h, w) on ``tile``."""
+    def write_tile(self, tile: Tile, ens: np.ndarray, members: range, extra: dict) -> None:
+        """Write this rank's ``ens`` (E_g, T, C, h, w) and each (T, C, h, w) field of ``extra``
+        (``truth``, ``regression``: as ``<variable>_<key>``; None skipped) on ``tile``."""
         import netCDF4
 
         rows, cols = tile.slices()
@@ -209,8 +216,9 @@ class SamplesFile:
             for c, name in enumerate(self.variables):
                 if len(members):
                     nc[name][every, :, rows, cols] = ens[:, :, c]
-                if truth is not None:
-                    nc[f"{name}_truth"][:, rows, cols] = truth[:, c]
+                for key, field in extra.items():
+                    if field is not None:
+                        nc[f"{name}_{key}"][:, rows, cols] = field[:, c]
 
 
 def plot_file(path: Path, out_dir: Path, variables: list[str], pixels: int = 1024) -> list[Path]:
@@ -233,6 +241,10 @@ def plot_file(path: Path, out_dir: Path, variables: list[str], pixels: int = 102
         for name in variables:
             ens = np.ma.filled(nc[name][:, 0, ::s, ::s].astype(np.float32), np.nan)
             truth = np.ma.filled(nc[f"{name}_truth"][0, ::s, ::s].astype(np.float32), np.nan)
-            panels = map_panels(ens, truth, members=2)
+            mean = None
+            if f"{name}_regression" in nc.variables:
+                mean = np.ma.filled(nc[f"{name}_regression"][0, ::s, ::s].astype(np.float32),
+                                    np.nan)  # fmt: skip
+            panels = map_panels(ens, truth, 2, None if mean is None else ("regression", mean))
             paths.append(plot_maps(out_dir / f"{name}.png", name, time, panels, coords))
     return paths

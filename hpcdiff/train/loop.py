@@ -22,6 +22,7 @@ import yaml
 from hpcdiff import nvtx
 from hpcdiff.config import to_dict, write_yaml
 from hpcdiff.config.checks import check_domain_grid
+from hpcdiff.core import Module
 from hpcdiff.data import DataStream
 from hpcdiff.data.stream import open_sources
 from hpcdiff.data.tiles import Tile
@@ -44,6 +45,8 @@ from hpcdiff.distributed.preempt import check_requeue, conclude, install_stop_si
 from hpcdiff.experiment.build import DiffusionObjective, build_inference_model
 from hpcdiff.experiment.conditioning import condition_of
 from hpcdiff.experiment.config import TrainConfig
+from hpcdiff.experiment.regression import RegressionObjective
+from hpcdiff.experiment.residual import plain_inputs, residual_setup
 from hpcdiff.experiment.tiling import training_window
 from hpcdiff.logs import close_logging, setup_logging
 from hpcdiff.train.init_weights import init_from
@@ -86,18 +89,25 @@ def open_stream(cfg: TrainConfig, part: Partition, split: str, sources: dict) ->
     )  # fmt: skip
 
 
-def build_objective(cfg: TrainConfig, grid_shape: tuple[int, int]) -> DiffusionObjective:
-    """The model all ranks build identically (same seed), wrapped in its training loss."""
+def build_objective(cfg: TrainConfig, grid_shape: tuple[int, int]) -> Module:
+    """The model all ranks build identically (same seed), wrapped in its training loss:
+    :class:`DiffusionObjective` or, for ``objective.kind`` regression,
+    :class:`RegressionObjective`. A residual diffusion run's backbone also sees the
+    regression mean (one condition channel per target variable)."""
     data = cfg.data
     torch.manual_seed(cfg.run.seed)
+    residual = len(data.variables) if cfg.objective.regression_run is not None else 0
     model = build_inference_model(
         model_cfg=cfg.model,
         diffusion_cfg=cfg.diffusion,
         grid_shape=grid_shape,
         patch_shape=tuple(data.patch_shape),
         channels=len(data.variables),
-        condition_channels=len(data.condition_variables) + len(data.static_variables),
+        condition_channels=len(data.condition_variables) + len(data.static_variables) + residual,
+        kind=cfg.objective.kind,
     )
+    if cfg.objective.kind == "regression":
+        return RegressionObjective(model, list(data.patch_shape), data.patches_per_sample)
     return DiffusionObjective(
         model,
         cfg.diffusion.scheduler,
@@ -111,7 +121,7 @@ def _numel(p: torch.nn.Parameter) -> int:
     return getattr(p, "ds_numel", p.numel())  # whole size, also when ZeRO-3 partitioned it
 
 
-def describe(cfg: TrainConfig, objective: DiffusionObjective, world: int) -> dict:
+def describe(cfg: TrainConfig, objective: Module, world: int) -> dict:
     """What ``--dry-run`` prints: parameter counts and the ZeRO memory estimate per rank."""
     n = sum(_numel(p) for p in objective.parameters() if p.requires_grad)
     mem = estimate_zero_memory(n, cfg.zero.stage, world, cfg.zero.precision)
@@ -119,6 +129,7 @@ def describe(cfg: TrainConfig, objective: DiffusionObjective, world: int) -> dic
         "parameters": sum(_numel(p) for p in objective.parameters()),
         "trainable_parameters": n,
         "backbone": cfg.model.name,
+        "objective": cfg.objective.kind + (" (residual)" if cfg.objective.regression_run else ""),
         "zero_stage": cfg.zero.stage,
         "world_size": world,
         "zero_memory_per_rank_mib": round(mem.total / 2**20, 2),
@@ -133,8 +144,9 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, valid: DataStream):
-    """Mean DSM loss over ``run.val_batches`` validation batches with fixed noise."""
+def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, valid: DataStream,
+                    inputs=plain_inputs):  # fmt: skip
+    """Mean loss over ``run.val_batches`` validation batches with fixed noise."""
     losses = []
     engine.train(False)  # evaluation mode (dropout off)
     forked = [device] if device.type == "cuda" else []  # manual_seed reseeds CUDA too
@@ -143,7 +155,7 @@ def validation_loss(engine, cfg: TrainConfig, device: torch.device, rank: int, v
         torch.manual_seed(cfg.run.seed + 12345 + rank)
         for _, batch in zip(range(cfg.run.val_batches), valid):
             origin, batch = batch.origin, batch.to(device)
-            loss_map = engine(batch.data, batch.mask.float(), condition_of(batch), origin)
+            loss_map = engine(*inputs(batch, condition_of(batch)), origin)
             losses.append(loss_map.float().mean())
     valid.close()
     engine.train()
@@ -157,19 +169,21 @@ def due(done: int, every: int, total: int) -> bool:
     return every > 0 and (done % every == 0 or done == total)
 
 
-def _train_step(engine, stream: DataStream, device: torch.device, accum: int, precision: str):
-    """One optimizer step of ``accum`` micro-batches; returns the last per-patch loss map."""
+def _train_step(engine, stream: DataStream, device: torch.device, accum: int, precision: str,
+                inputs=plain_inputs):  # fmt: skip
+    """One optimizer step of ``accum`` micro-batches; returns the last per-patch loss map.
+    ``inputs(batch, condition)`` -> (x0, weight, condition) the objective sees."""
     for _ in range(accum):  # DeepSpeed applies the update after the last micro-batch
         # Fetch the next batch of whole-domain samples.
         with nvtx.range("train.data"):
             batch = next(stream)
             origin = batch.origin  # (B, 2) global corner of each window, on the host
             batch = batch.to(device, non_blocking=True)
-            condition = condition_of(batch)
+            x0, weight, condition = inputs(batch, condition_of(batch))
 
-        # Forward: random patches, per-patch times and noise, per-patch loss map.
+        # Forward: random patches (and per-patch times and noise), per-patch loss map.
         with nvtx.range("train.forward"), autocast(device, precision):
-            loss_map = engine(batch.data, batch.mask.float(), condition, origin)
+            loss_map = engine(x0, weight, condition, origin)
         with nvtx.range("train.loss"):
             loss = loss_map.float().mean()
         with nvtx.range("train.backward"):
@@ -245,6 +259,11 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     if done_at is not None:
         return _finished(run_dir, done_at, steps, rank, stream)
 
+    # What the objective sees of a batch: the target, or a residual diffusion run's residual.
+    inputs = plain_inputs
+    if cfg.objective.regression_run is not None:
+        inputs = residual_setup(cfg, part, sources, run_dir, device, rank)
+
     # Engine (ZeRO-sharded optimizer state / gradients / parameters), EMA, resume.
     engine = build_engine(objective, cfg.zero, cfg.optim, cfg.data.batch_size, ctx)
     ema = ShardedEMA(engine.module, cfg.ema) if cfg.ema.enabled else None
@@ -277,7 +296,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
         with nvtx.range("train.step"):
             lr = lr_at(step, steps, cfg.optim)
             set_lr(engine.optimizer, lr)
-            loss_map = _train_step(engine, stream, device, accum, cfg.zero.precision)
+            loss_map = _train_step(engine, stream, device, accum, cfg.zero.precision, inputs)
 
             # Update EMA.
             if ema is not None:
@@ -318,7 +337,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
             with nvtx.range("train.validate"):
                 swap = ema.swapped_in() if ema is not None else contextlib.nullcontext()
                 with swap:
-                    val = validation_loss(engine, cfg, device, rank, valid)
+                    val = validation_loss(engine, cfg, device, rank, valid, inputs)
                 logger.log({"step": done, "val_loss": val})
             meter.skip()
 

@@ -154,3 +154,20 @@ def test_dry_run_builds_the_model(path, synth_data, tmp_path, capsys):
     assert summary["zero_memory_per_rank_mib"] == round(mem.total / 2**20, 2)
     assert not run_dir.exists()  # a dry run prints the resolved config and writes nothing
     assert f"stage: {cfg.zero.stage}" in out
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["objective.kind=regression", "objective.regression_run=runs/r"],
+         "'objective.regression_run' needs objective.kind diffusion"),
+        (["objective.regression_run=runs/r", "domain.grid=[1, 2]"],
+         "residual diffusion trains on whole grids"),
+        (["objective.regression_run=runs/r", "data.mode=patch"], "data.mode 'patch'"),
+        (["objective.kind=gan"], "objective.kind"),
+        (["objective.mean_cache_mib=-1"], "'objective.mean_cache_mib' must be >= 0"),
+    ],
+)  # fmt: skip
+def test_objective_section_is_checked_before_any_work(overrides, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(ROOT / "configs" / "quickstart.yaml", overrides)

@@ -230,3 +230,47 @@ def test_permission_denied_while_checkpointing_keeps_the_previous_one(workdir):
     finally:
         (run / "checkpoints").chmod(0o755)
     assert "Permission denied" in line
+
+
+@pytest.mark.multiprocess
+def test_regression_then_residual_diffusion_on_two_ranks(workdir):
+    """objective.kind=regression and a residual diffusion run naming it, both on 2 ranks
+    (torchrun); the residual run's samples on 2 ranks with sample.domain_grid [1, 2] equal
+    those of 1 rank, regression mean included, and `hpcdiff evaluate` scores that mean as a
+    baseline next to the interpolations."""
+    import netCDF4
+    import numpy as np
+
+    torchrun = (str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2")
+    common = ("train", "--config", "tiny.yaml", "run.steps=2", "zero.stage=1")
+    _hpcdiff(workdir, *common, "run.name=reg", "objective.kind=regression", launcher=torchrun)
+    _hpcdiff(workdir, *common, "run.name=res", "objective.regression_run=runs/reg",
+             launcher=torchrun)  # fmt: skip
+    reg, res = workdir / "runs" / "reg", workdir / "runs" / "res"
+    assert sorted(_losses(reg)) == sorted(_losses(res)) == [1, 2]
+    stats = json.loads((res / "residual_stats.json").read_text())
+    assert stats["count"] == [4 * 48 * 48] * 4  # the 4 training times once, split over ranks
+    assert all(0 < s < 10 for s in stats["std"])
+    assert (res / "regression.mdlus").is_file()
+
+    def sample(*args, launcher=()):
+        _hpcdiff(workdir, "sample", "runs/res", "sample.num_steps=3", *args, launcher=launcher)
+        with netCDF4.Dataset(res / "samples" / "samples.nc") as nc:
+            return {k: nc[k][:].filled(np.nan) for k in ("t2m", "tp", "t2m_regression")}
+
+    one = sample()
+    two = sample("sample.domain_grid=[1, 2]", launcher=torchrun)
+    for key, value in one.items():  # expm1 of log1p(tp) amplifies float32 rounding
+        np.testing.assert_allclose(two[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+    assert np.isfinite(one["t2m_regression"]).all()
+    assert not np.allclose(one["t2m"][0], one["t2m_regression"])  # the residual is added
+    from hpcdiff.evaluate import evaluate_run
+
+    cwd = os.getcwd()
+    try:  # the run's config names data files relative to the work directory
+        os.chdir(workdir)
+        scores = evaluate_run(res, make_plots=False)["scores"]
+    finally:
+        os.chdir(cwd)
+    assert set(scores["t2m"]["baselines"]) == {"bicubic", "conservative", "regression"}
+    assert scores["tp"]["reference_baseline"] == "regression"
