@@ -224,14 +224,16 @@ class Baselines:
         dims, levels = fallbacks.truth_dims, fallbacks.truth_levels
         source = GridSource(files, names, dims=dims, name="condition", levels=levels)
         target = getattr(truth, "source", None)
-        if target is not None:
-            positions = grid_positions(target, source)
-        elif fallbacks.truth_files:
-            target = GridSource(resolve_files(fallbacks.truth_files, "files"),
-                                samples.variables[:1], dims=dims, levels=levels)  # fmt: skip
-            positions = grid_positions(target, source)
-        else:  # no target coordinates: both grids span the same box
-            positions = index_positions(samples.shape, source.shape)
+        try:
+            if target is None and fallbacks.truth_files:
+                target = GridSource(resolve_files(fallbacks.truth_files, "files"),
+                                    samples.variables[:1], dims=dims, levels=levels)  # fmt: skip
+            if target is not None:
+                positions = grid_positions(target, source)
+            else:  # no target coordinates: both grids span the same box
+                positions = index_positions(samples.shape, source.shape)
+        except DataError as err:  # a curvilinear grid: scored without interpolation baseline
+            return cls(samples, None, f"no interpolation baseline: {err}")
         return cls(samples, ConditionBaselines(source, positions, samples.times, samples.n_times))
 
     def kinds(self, name: str) -> list[str]:

@@ -304,3 +304,21 @@ def test_baselines_equal_a_direct_numpy_computation(tmp_path, capsys):
             ratio = p_base[band].sum() / p_truth[band].sum()
             assert got["fine_power_ratio"] == pytest.approx(ratio, rel=1e-4)
             assert got["spectrum"] == pytest.approx(p_base / len(HOURS), rel=1e-4)
+
+
+def test_a_grid_pair_without_a_separable_map_is_scored_without_interpolation(tmp_path, capsys):
+    """A condition with coordinates under a truth grid without them has no interpolation
+    baseline: the evaluation still runs and says why."""
+    run = _make_run(tmp_path)
+    _write_condition(tmp_path / "coarse.nc")
+    with netCDF4.Dataset(tmp_path / "coarse.nc", "a") as nc:
+        nc.createVariable("lat", "f8", ("lat",))[:] = np.arange(H // F) * 1.0
+        nc.createVariable("lon", "f8", ("lon",))[:] = np.arange(W // F) * 1.0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"].update(condition_files=[str(tmp_path / "coarse.nc")], condition_variables=VARS)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", str(run), "--no-plots"]) == 0
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    assert result["condition"].startswith("no interpolation baseline")
+    assert result["scores"]["a"]["baselines"] == {} and result["fine_band"] is None
+    assert "baselines: none (no interpolation baseline" in capsys.readouterr().out
