@@ -128,8 +128,10 @@ class Module(torch.nn.Module):
                 args[name] = value
         return {"class": _qualified(type(self)), "args": args}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``args.json``, ``metadata.json`` and ``model.pt`` to ``path`` atomically."""
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``args.json``, ``metadata.json`` and ``model.pt`` to ``path`` atomically;
+        ``metadata`` (JSON-serializable, e.g. where the weights came from) is stored in
+        ``metadata.json`` under ``"user"`` (read it with :func:`read_metadata`)."""
         path = Path(path)
         if path.suffix != self._file_extension:
             raise ValueError(f"checkpoint file name must end with '{self._file_extension}': {path}")
@@ -139,6 +141,8 @@ class Module(torch.nn.Module):
             "format_version": _FORMAT_VERSION,
             "torch": torch.__version__,
         }
+        if metadata:
+            meta["user"] = metadata
         weights = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, weights)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +257,18 @@ def _read_checkpoint(path: str | os.PathLike, map_location) -> tuple[dict, dict]
         blob = zf.read("model.pt")
     state = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     return spec, state
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata`` given to :meth:`Module.save` for file ``path`` (``{}`` when none, or
+    when the file is missing or not a Module checkpoint)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            meta = json.loads(zf.read("metadata.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return {}
+    user = meta.get("user") if isinstance(meta, dict) else None
+    return user if isinstance(user, dict) else {}
 
 
 # Modules whose Module classes moved: files written before the move name the old module.

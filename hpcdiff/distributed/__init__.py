@@ -50,6 +50,7 @@ _EXPORTS = {
     "restore_rng_state": "checkpoint",
     "consolidate_checkpoint": "consolidate",
     "forward_deepspeed_ranges": "profiling",
+    "consolidate_once": "consolidate",
 }
 
 __all__ = sorted(_EXPORTS)

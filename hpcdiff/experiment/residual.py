@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,14 @@ SNAPSHOT = "regression.mdlus"
 STATS = "residual_stats.json"
 
 
-def consolidated_model(ckpt: Path, output: Path, rank: int) -> Any:
+def consolidated_model(ckpt: Path, output: Path) -> Any:
     """The consolidated objective of checkpoint ``ckpt`` (EMA weights when saved) on every
-    rank, in evaluation mode. Consolidation verifies the checkpoint collectively, so all ranks
-    run it; rank 0 writes ``output``, the others a temporary file."""
-    from hpcdiff.distributed import consolidate_checkpoint
+    rank, in evaluation mode (collective; ``ckpt`` verified by the caller): rank 0 merges the
+    shards into ``output`` once, or not at all when ``output`` already holds them, and every
+    rank loads that file."""
+    from hpcdiff.distributed import consolidate_once
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = output if rank == 0 else Path(tmp) / output.name
-        consolidate_checkpoint(ckpt, path, weights="auto")
-        return Module.from_checkpoint(path).train(False)
+    return Module.from_checkpoint(consolidate_once(ckpt, output)).train(False)
 
 
 def check_regression_run(cfg: Any, reg_cfg: Any, where: str) -> None:
@@ -84,7 +81,7 @@ def load_regression(cfg: Any, run_dir: Path, rank: int) -> RegressionObjective:
         )
     if rank == 0:
         snapshot.parent.mkdir(parents=True, exist_ok=True)
-    return consolidated_model(ckpt, snapshot, rank)
+    return consolidated_model(ckpt, snapshot)
 
 
 def sampling_patching(sample_cfg: Any) -> dict:

@@ -266,7 +266,7 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     ckpt = find_latest(run_dir / cfg.checkpoint.dir)  # collective: verified on all ranks
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir / cfg.checkpoint.dir}: no complete checkpoint")
-    model = consolidated_model(ckpt, run_dir / "model.mdlus", ctx.env.rank).to(ctx.device)
+    model = consolidated_model(ckpt, run_dir / "model.mdlus").to(ctx.device)
     residual = _residual(cfg, run_dir, ctx.device)
     tiles, truths, means, times, source, mesh = _sample_valid_times(model, cfg, ctx.device,
                                                                     residual)  # fmt: skip

@@ -106,6 +106,34 @@ def test_consolidation_checks_and_writes_a_plain_state_dict(ckpts, tmp_path):
         consolidate_checkpoint(newest, tmp_path / "y.pt")
 
 
+@pytest.mark.multiprocess
+def test_consolidate_once_reuses_a_current_mdlus_and_redoes_a_stale_one(ckpts, tmp_path, caplog):
+    from hpcdiff.core.module import read_metadata
+    from hpcdiff.distributed.consolidate import (
+        consolidate_checkpoint,
+        consolidate_once,
+        ema_state_dict,
+        is_current,
+    )
+
+    newest, older = list_checkpoints(ckpts)
+    out = tmp_path / "model.mdlus"
+    with caplog.at_level(logging.INFO, logger="hpcdiff.distributed.consolidate"):
+        consolidate_once(older, out)
+        consolidate_once(older, out)  # current: not merged again
+        assert read_metadata(out)["consolidated_from"]["step"] == 2
+        consolidate_once(newest, out)  # stale (older step): merged again
+    merges = [r.message for r in caplog.records if "once, on rank 0" in r.message]
+    reuses = [r.message for r in caplog.records if "consolidated from" in r.message]
+    assert len(merges) == 2 and len(reuses) == 1
+    assert read_metadata(out)["consolidated_from"]["step"] == 3
+    merged = Module.from_checkpoint(out).state_dict()
+    for name, value in ema_state_dict(newest).items():
+        assert torch.equal(merged[name], value), name
+    part = consolidate_checkpoint(newest, tmp_path / "embed.mdlus", submodule="embed")
+    assert not is_current(part, newest)  # a submodule export is not the whole module
+
+
 def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     state = capture_rng_state()
     first = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002

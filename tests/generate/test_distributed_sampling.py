@@ -29,12 +29,16 @@ sys.path.insert(0, str(HERE.parent / "distributed"))
 import dsworker  # noqa: E402
 from distlaunch import ROOT, run, worker_env  # noqa: E402
 
+from hpcdiff.core import Module  # noqa: E402
+from hpcdiff.core.module import read_metadata  # noqa: E402
 from hpcdiff.data.tiles import Tile, split_domain  # noqa: E402
 from hpcdiff.diffusion.multi_diffusion import (  # noqa: E402
     MultiDiffusionModel2D,
     MultiDiffusionPredictor,
 )
 from hpcdiff.diffusion.noise_schedulers import EDMNoiseScheduler  # noqa: E402
+from hpcdiff.distributed.checkpoint import list_checkpoints  # noqa: E402
+from hpcdiff.distributed.consolidate import ema_state_dict  # noqa: E402
 from hpcdiff.distributed.domain import (  # noqa: E402
     DomainDecomposedNoiseScheduler,
     DomainMesh,
@@ -260,15 +264,37 @@ def _sample(run: Path, ranks: int, *overrides: str) -> xr.Dataset:
     return xr.load_dataset(run / "samples" / "samples.nc")
 
 
+def _logs(run: Path) -> list[str]:
+    return [(run / "logs" / f"rank{rank:05d}.log").read_text() for rank in (0, 1)]
+
+
+def _merges(log: str) -> tuple[int, int]:
+    """(merges of the checkpoint, reuses of a current model.mdlus) logged in ``log``."""
+    return log.count("(once, on rank 0)"), log.count("consolidated from")
+
+
 @pytest.mark.multiprocess
 def test_hpcdiff_sample_on_tiles_matches_one_process_and_the_inputs(trained_run):
+    (trained_run / "model.mdlus").unlink(missing_ok=True)
     tiled = _sample(trained_run, 2, "sample.domain_grid=[1,2]")  # one sample over 2 tiles
     tiles = set()
-    for rank in (0, 1):  # each rank logs its own tile to its own file
-        log = (trained_run / "logs" / f"rank{rank:05d}.log").read_text()
+    logs = _logs(trained_run)
+    for log in logs:  # each rank logs its own tile to its own file
         tiles |= set(re.findall(r"members sampled on tile (Tile\(.*?\))", log))
     assert len(tiles) == 2
+    # The shards were merged once, by rank 0, into the model.mdlus both ranks loaded: it holds
+    # exactly the EMA weights of the newest checkpoint.
+    assert _merges(logs[0]) == (1, 0) and _merges(logs[1]) == (0, 0)
+    ckpt = list_checkpoints(trained_run / "checkpoints")[0]
+    recorded = read_metadata(trained_run / "model.mdlus")["consolidated_from"]
+    assert recorded["step"] == 2 and recorded["weights"] == "ema"
+    merged = Module.from_checkpoint(trained_run / "model.mdlus").state_dict()
+    expected = ema_state_dict(ckpt)
+    assert merged.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(merged[name], value, rtol=0, atol=0, msg=name)
     whole = _sample(trained_run, 0)
+    assert _merges(_logs(trained_run)[0]) == (1, 1)  # the current file is reused, not merged
     variables = ["t2m", "tp"]
     assert (
         sorted(tiled.data_vars)
