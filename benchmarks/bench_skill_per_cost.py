@@ -1,0 +1,266 @@
+"""Skill per cost of every solver on a trained run: CRPS, ensemble-mean RMSE and fine-scale power
+ratio versus model evaluations (NFE) per sample, against the 35-NFE reference (18-step EDM
+stochastic Heun, CorrDiff's default sampler).
+
+Every setting samples the same ``--times`` validation times x ``--members`` members of the
+run with ``hpcdiff sample``'s sampler (multi-diffusion over the whole grid, the run's
+``sample`` patching) from the same initial noise and the same injected noise (common random
+numbers), so differences between rows come from the solvers, not from the draw. To judge
+what a CRPS difference means, the reference is also run with another noise seed: the
+relative CRPS difference between the two seeds is the sampling noise of the CRPS estimate
+itself (printed as "seed noise"), and per-time paired differences give a standard error.
+
+Scores (:class:`hpcdiff.evaluate.scores.VariableScores`) are taken on the normalized fields
+(every variable in units of its standard deviation) and averaged over variables:
+
+* CRPS: the fair ensemble CRPS; RMSE: of the ensemble mean;
+* fine-scale power ratio: member power / truth power summed over the upper half of the
+  radial wavenumbers (1.0: the generated fields carry the truth's small-scale variance).
+
+NFE per sample is the number of batched denoiser calls (all members go through together).
+The knee is the fewest-NFE setting whose CRPS is within ``--tolerance`` (2 %) of the
+reference.
+
+    python benchmarks/bench_skill_per_cost.py runs/quickstart --times 4 --members 8
+    python benchmarks/bench_skill_per_cost.py runs/quickstart --quick     # a few rows only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from hpcdiff.diffusion.multi_diffusion import MultiDiffusionPredictor
+from hpcdiff.diffusion.samplers import make_solver, optimize_schedule, sample
+from hpcdiff.distributed.domain import DomainDecomposedNoiseScheduler, DomainMesh
+from hpcdiff.evaluate.scores import VariableScores
+from hpcdiff.generate.distributed import BlockNoise
+from hpcdiff.generate.tiled import TiledMultiDiffusionPredictor
+
+REFERENCE = ("edm_stochastic_heun", {}, 18)
+CHURN = {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}  # EDM paper, Table 5
+# (label, solver, options, step counts or tolerances); adaptive runs one interval t_max -> t_min.
+SETTINGS = [
+    ("euler", "euler", {}, [12, 18, 35]),
+    ("heun", "heun", {}, [4, 6, 8, 10, 13]),
+    ("edm_stochastic_heun churn", "edm_stochastic_heun", CHURN, [10, 18]),
+    ("dpmpp_2m", "dpmpp_2m", {}, [6, 8, 12, 18]),
+    ("dpmpp_2m_unic", "dpmpp_2m_unic", {}, [6, 8, 12]),
+    ("exponential_euler", "exponential_euler", {}, [12, 18]),
+    ("adaptive (bosh3)", "adaptive", {}, [1e-1, 3e-2]),
+    ("heun, optimized grid", "heun", {}, [6, 8]),
+]
+QUICK = [("heun", "heun", {}, [6, 10]), ("dpmpp_2m", "dpmpp_2m", {}, [8, 12])]
+
+
+class Counted:
+    """Counts denoiser calls (one batched call over all members = one evaluation)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.calls = f, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.f(x, t)
+
+
+@dataclasses.dataclass
+class Case:
+    """One validation time: its condition tile and normalized truth."""
+
+    time: int
+    condition: torch.Tensor | None
+    truth: np.ndarray  # (C, H, W), NaN where masked
+
+
+def load(run: Path, times: int):
+    """(objective, config, validation cases) of a trained run."""
+    from hpcdiff.data import DataStream
+    from hpcdiff.data.stream import open_sources
+    from hpcdiff.distributed import consolidate_checkpoint, find_latest
+    from hpcdiff.train.build import DiffusionObjective
+    from hpcdiff.train.config import load_config
+    from hpcdiff.train.loop import condition_of
+
+    cfg = load_config(run / "config.yaml", [])
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = find_latest(run / cfg.checkpoint.dir)
+        path = consolidate_checkpoint(ckpt, Path(tmp) / "model.mdlus")
+        objective = DiffusionObjective.from_checkpoint(path).train(False)
+    data_cfg = dataclasses.replace(cfg.data, batch_size=1, prefetch=1, workers=0, mode="tile",
+                                   tile_margin=0)  # fmt: skip
+    sources = open_sources(data_cfg)
+    mesh = DomainMesh((1, 1), sources["target"].shape, 0, 1)
+    cases = []
+    stream = DataStream(data_cfg, split="valid", tile=mesh.tile, sources=sources)
+    with contextlib.closing(stream):
+        for _, batch in zip(range(times), stream):
+            truth = np.where(batch.mask[0].numpy(), batch.data[0].numpy(), np.nan)
+            cases.append(Case(int(batch.time_index[0]), condition_of(batch), truth))
+    return objective, cfg, mesh, cases
+
+
+class Sampler:
+    """``hpcdiff sample``'s sampler on one process for the run's patching."""
+
+    def __init__(self, objective, cfg, mesh: DomainMesh, members: int) -> None:
+        self.objective, self.cfg, self.mesh, self.members = objective, cfg, mesh, members
+        self.scheduler = objective.scheduler
+
+    def seeds(self, case: Case, seed: int) -> list[int]:
+        return [(seed * 1_000_003 + case.time) * 1_000_003 + e for e in range(self.members)]
+
+    def denoiser(self, case: Case):
+        s, E = self.cfg.sample, self.members
+        cond = case.condition
+        if cond is not None:
+            cond = TensorDict({"condition": cond.expand(E, -1, -1, -1)}, batch_size=[E])
+        pred = MultiDiffusionPredictor(self.objective.model, chunk_size=s.chunk_size)
+        pred.set_patching(s.overlap_pix, s.boundary_pix, window=s.window)
+        tiled = TiledMultiDiffusionPredictor(pred, self.mesh, condition=cond)
+        return self.scheduler.get_denoiser(x0_predictor=tiled)
+
+    @torch.no_grad()
+    def run(self, case: Case, solver: str, options: dict, steps, seed: int,
+            grid: torch.Tensor | None = None) -> tuple[np.ndarray, int]:  # fmt: skip
+        """Members (E, C, H, W) of ``case`` and the NFE per sample."""
+        seeds = self.seeds(case, seed)
+        tiles = DomainDecomposedNoiseScheduler(self.scheduler, self.mesh, seeds)
+        f = Counted(self.denoiser(case))
+        num_steps, opts = steps, dict(options)
+        if solver == "adaptive":
+            opts.update(rtol=steps, atol=steps)
+            t_max, t_min = float(tiles.timesteps(2)[0]), float(self.scheduler.timesteps(18)[-2])
+            grid, num_steps = torch.tensor([t_max, t_min, 0.0]), 2
+        elif "S_churn" in opts:
+            opts["num_steps"] = steps
+        solver_ = make_solver(solver, f, self.scheduler, opts,
+                              noise_fn=BlockNoise(seeds, self.mesh.tile))  # fmt: skip
+        tN = (grid[0] if grid is not None else tiles.timesteps(num_steps)[0]).expand(len(seeds))
+        xN = tiles.init_latents((case.truth.shape[0], *self.mesh.shape), tN)
+        x = sample(f, xN, tiles, num_steps, solver=solver_, time_steps=grid)
+        return x.numpy(), f.calls
+
+    def optimized_grid(self, case: Case, steps: int, seed: int) -> torch.Tensor:
+        """``optimize_schedule`` grid calibrated on other noise (its NFE not counted)."""
+        seeds = self.seeds(case, seed)[:2]
+        tiles = DomainDecomposedNoiseScheduler(self.scheduler, self.mesh, seeds)
+        grid18 = self.scheduler.timesteps(18)
+        t_max, t_min = float(grid18[0]), float(grid18[-2])
+        xN = tiles.init_latents((case.truth.shape[0], *self.mesh.shape),
+                                torch.tensor(t_max).expand(2))  # fmt: skip
+        saved, self.members = self.members, 2
+        try:
+            denoiser = self.denoiser(case)
+        finally:
+            self.members = saved
+        return optimize_schedule(denoiser, xN, t_max, t_min, num_steps=steps, rtol=1e-2,
+                                 atol=1e-2)  # fmt: skip
+
+
+def fine_power_ratio(spectra: dict) -> float:
+    k = np.asarray(spectra["wavenumber"])
+    upper = k >= k.max() / 2
+    return float(np.sum(np.asarray(spectra["members"])[upper])
+                 / np.sum(np.asarray(spectra["truth"])[upper]))  # fmt: skip
+
+
+def score(ens: list[np.ndarray], cases: list[Case], members: int) -> dict:
+    """Mean over variables of CRPS, RMSE and fine-scale power ratio, and per-time CRPS."""
+    C = cases[0].truth.shape[0]
+    per_var = []
+    for c in range(C):
+        scores = VariableScores(members, None, np.random.default_rng(0))
+        for x, case in zip(ens, cases):
+            scores.update(x[:, c], case.truth[c], str(case.time))
+        per_var.append(scores.result())
+    per_time = np.mean([[row["crps"] for row in r["per_time"]] for r in per_var], axis=0)
+    return {
+        "crps": float(np.mean([r["crps"] for r in per_var])),
+        "rmse": float(np.mean([r["rmse"] for r in per_var])),
+        "power": float(np.mean([fine_power_ratio(r["spectra"]) for r in per_var])),
+        "per_time_crps": per_time.tolist(),
+    }
+
+
+def run_setting(sampler: Sampler, cases, solver, options, steps, seed, grids=None) -> dict:
+    t0 = time.perf_counter()
+    ens, nfe = [], []
+    for i, case in enumerate(cases):
+        grid = None if grids is None else grids[i]
+        x, calls = sampler.run(case, solver, options, steps, seed, grid)
+        ens.append(x)
+        nfe.append(calls)
+    out = score(ens, cases, sampler.members)
+    out.update(nfe=float(np.mean(nfe)), seconds=time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path, help="trained run directory (config.yaml, checkpoints/)")
+    p.add_argument("--times", type=int, default=3, help="validation times")
+    p.add_argument("--members", type=int, default=4, help="ensemble members per time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=0.02, help="CRPS tolerance of the knee")
+    p.add_argument("--quick", action="store_true", help="a few settings only")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    run = args.run.resolve()
+    os.chdir(run.parents[1])  # relative data paths in the config are from where training ran
+    args.run = run
+    objective, cfg, mesh, cases = load(args.run, args.times)
+    sampler = Sampler(objective, cfg, mesh, args.members)
+    params = sum(q.numel() for q in objective.model.parameters())
+    shape, patch = tuple(mesh.shape), tuple(cfg.data.patch_shape)
+    print(f"run {args.run}: {params:,} parameters, grid {shape}, patches {patch}, "
+          f"{len(cases)} times x {args.members} members")  # fmt: skip
+    solver, options, steps = REFERENCE
+    ref = run_setting(sampler, cases, solver, options, steps, args.seed)
+    other = run_setting(sampler, cases, solver, options, steps, args.seed + 1)
+    seed_noise = abs(other["crps"] / ref["crps"] - 1)
+    print(f"reference {solver} {steps} steps: NFE {ref['nfe']:.0f}, CRPS {ref['crps']:.4f} "
+          f"RMSE {ref['rmse']:.4f} power {ref['power']:.3f} ({ref['seconds']:.0f} s); "
+          f"seed noise of the CRPS: {100 * seed_noise:.1f} %")  # fmt: skip
+    rows = [("reference " + solver, steps, ref)]
+    print(f"{'solver':>28} {'steps':>6} {'NFE':>6} {'CRPS':>8} {'dCRPS%':>7} {'+-se%':>6} "
+          f"{'RMSE':>8} {'power':>6} {'s':>5}")  # fmt: skip
+    for label, solver, options, values in QUICK if args.quick else SETTINGS:
+        for v in values:
+            grids = None
+            if label.endswith("optimized grid"):
+                grids = [sampler.optimized_grid(c, v, args.seed + 7) for c in cases]
+            r = run_setting(sampler, cases, solver, options, v, args.seed, grids)
+            diff = np.asarray(r["per_time_crps"]) / np.asarray(ref["per_time_crps"]) - 1
+            se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+            r["dcrps"], r["se"] = r["crps"] / ref["crps"] - 1, se
+            rows.append((label, v, r))
+            print(f"{label:>28} {v:>6g} {r['nfe']:6.1f} {r['crps']:8.4f} {100 * r['dcrps']:7.2f} "
+                  f"{100 * se:6.2f} {r['rmse']:8.4f} {r['power']:6.3f} {r['seconds']:5.0f}",
+                  flush=True)  # fmt: skip
+    within = [row for row in rows[1:] if row[2]["dcrps"] <= args.tolerance]
+    if within:
+        label, v, r = min(within, key=lambda row: row[2]["nfe"])
+        share = r["nfe"] / ref["nfe"]
+        print(f"knee: {label} at {v:g} ({r['nfe']:.0f} NFE, {share:.2f} of the reference's "
+              f"{ref['nfe']:.0f}); CRPS {100 * r['dcrps']:+.2f} % vs reference")  # fmt: skip
+    if args.json:
+        table = {"seed_noise": seed_noise, "rows": [[lb, v, r] for lb, v, r in rows]}
+        args.json.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
