@@ -37,7 +37,7 @@ def worker(run: Path, mode: str, out: Path) -> None:
 
     from hpcdiff.distributed import consolidate_checkpoint, consolidate_once, find_latest
     from hpcdiff.distributed.runtime import init_distributed, shutdown
-    from hpcdiff.train.build import DiffusionObjective
+    from hpcdiff.experiment.build import DiffusionObjective
 
     ctx = init_distributed()
     dist.barrier()

@@ -89,9 +89,9 @@ def load(run: Path, times: int):
     from hpcdiff.data import DataStream
     from hpcdiff.data.stream import open_sources
     from hpcdiff.distributed import consolidate_checkpoint, find_latest
-    from hpcdiff.train.build import DiffusionObjective
-    from hpcdiff.train.config import load_config
-    from hpcdiff.train.loop import condition_of
+    from hpcdiff.experiment.build import DiffusionObjective
+    from hpcdiff.experiment.conditioning import condition_of
+    from hpcdiff.experiment.config import load_config
 
     cfg = load_config(run / "config.yaml", [])
     with tempfile.TemporaryDirectory() as tmp:
