@@ -125,6 +125,9 @@ class ModelConfig:
     # With model.init_from: true requires every weight of that part, and nothing else, in the
     # file; false loads what matches and reports the rest.
     init_strict: bool = True
+    # torch.compile the preconditioned backbone for training (any zero.stage; kernels cached in
+    # <run>/compile_cache unless TORCHINDUCTOR_CACHE_DIR is set; see docs/performance.md).
+    compile: bool = False
 
     def validate(self) -> None:
         from hpcdiff.models.registry import model_names
@@ -287,6 +290,14 @@ class SampleConfig:
     # number of ranks draws the same samples.
     seed: int = 0
     domain_grid: tuple[int, int] = (1, 1)  # tiles (py, px) per sample; world = groups x py px
+    # Backbone arithmetic: fp32, or bf16 / fp16 autocast (convolutions and matmuls in half
+    # precision; the solver state, patch fusion and noise stay fp32). fp16 needs a CUDA device;
+    # bf16 also runs on CPUs (slower there without native bf16 units). Skill change measured
+    # in docs/performance.md.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile the preconditioned backbone for sampling (kernels cached in
+    # <run>/compile_cache unless TORCHINDUCTOR_CACHE_DIR is set; see docs/performance.md).
+    compile: bool = False
 
     def validate(self) -> None:
         from hpcdiff.diffusion.samplers import SOLVERS

@@ -25,6 +25,7 @@ import torch
 from tensordict import TensorDict
 
 from hpcdiff import nvtx
+from hpcdiff.compiling import compile_network, use_run_cache
 from hpcdiff.data.tiles import Tile
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionPredictor
 from hpcdiff.diffusion.samplers import SOLVERS, make_solver, sample
@@ -118,11 +119,31 @@ def _denoiser(predictor: MultiDiffusionPredictor | Tiled, mesh: DomainMesh, sche
     return scheduler.get_denoiser(**{kind: predictor}), tiled.predictor.model
 
 
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of ``sample.precision`` on ``device`` (None: fp32); ConfigError for a
+    precision this device cannot run."""
+    from hpcdiff.config import ConfigError
+
+    if precision not in _AUTOCAST:
+        raise ConfigError(f"config key 'sample.precision': {precision!r} is not one of "
+                          f"{sorted(_AUTOCAST)}")  # fmt: skip
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"config key 'sample.precision': fp16 autocast needs a CUDA device, but sampling "
+            f"runs on {device.type}; use bf16 or fp32"
+        )
+    return _AUTOCAST[precision]
+
+
 @torch.no_grad()
 def sample_tiled(
     predictor: MultiDiffusionPredictor | Tiled, mesh: DomainMesh, scheduler: Any,
     seeds: Sequence[int], channels: int, num_steps: int, solver: str = "heun",
     solver_options: dict[str, Any] | None = None, on_step: Callable[[], None] | None = None,
+    precision: str = "fp32",
 ) -> Tensor:  # fmt: skip
     """This rank's tile (E, C, h, w) of E = len(seeds) samples drawn with ``solver`` from
     x_N of :meth:`DomainDecomposedNoiseScheduler.init_latents`. ``predictor``: a configured
@@ -130,7 +151,8 @@ def sample_tiled(
     :class:`TiledMultiDiffusionDPSScorePredictor` (guided). Deterministic solvers give
     single-process ``sample()`` on the full grid; stochastic EDM solvers draw block noise,
     so their samples do not depend on the tiling either. ``on_step`` is called after every
-    solver step (progress)."""
+    solver step (progress). ``precision`` bf16 / fp16 runs the model under autocast
+    (:func:`precision_dtype`); x_t, the fuse and the solver stay in x's float32."""
     if solver not in SOLVERS:
         raise ValueError(f"Unknown solver '{solver}'. Available solvers: {sorted(SOLVERS)}.")
     if isinstance(scheduler, DomainDecomposedNoiseScheduler):
@@ -146,7 +168,8 @@ def sample_tiled(
     device = next(model.parameters()).device
     tN = tiles.timesteps(num_steps, device=device)[0].expand(len(seeds))
     xN = tiles.init_latents((channels, *mesh.shape), tN)
-    with nvtx.range("sample"):
+    dtype = precision_dtype(precision, device)
+    with nvtx.range("sample"), torch.autocast(device.type, dtype, enabled=dtype is not None):
         return sample(denoiser, xN, tiles, num_steps, solver=stepper)
 
 
@@ -193,7 +216,7 @@ def _members_of_time(objective: Any, cfg: Any, cond: Tensor | None, seeds: list[
     pred.set_patching(s.overlap_pix, s.boundary_pix, window=s.window)
     tiled = TiledMultiDiffusionPredictor(pred, mesh, condition=condition(cond, E))
     x = sample_tiled(tiled, mesh, objective.scheduler, seeds, C, s.num_steps, s.solver,
-                     on_step=on_step)  # fmt: skip
+                     on_step=on_step, precision=s.precision)  # fmt: skip
     if mean is not None:  # x = s r + m + mu(c)
         x = x * sd.to(x).view(1, -1, 1, 1) + m.to(x).view(1, -1, 1, 1) + mean
     return x, mean
@@ -260,6 +283,7 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     from hpcdiff.generate.output import SamplesFile, plot_file
 
     ctx, s = init_distributed(cfg.dist), cfg.sample
+    precision_dtype(s.precision, ctx.device)  # before any work
     setup_logging(run_dir, ctx.env.rank, cfg.run.log_level)  # <run>/logs/rank{rank:05d}.log
     nvtx.configure(cfg.profiling, ctx.device)  # before the model is built (block ranges)
     forward_deepspeed_ranges()  # while ranges are on: DeepSpeed's, in domain DeepSpeed
@@ -267,6 +291,9 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir / cfg.checkpoint.dir}: no complete checkpoint")
     model = consolidated_model(ckpt, run_dir / "model.mdlus").to(ctx.device)
+    if s.compile:
+        use_run_cache(run_dir)
+        compile_network(model.model)
     residual = _residual(cfg, run_dir, ctx.device)
     tiles, truths, means, times, source, mesh = _sample_valid_times(model, cfg, ctx.device,
                                                                     residual)  # fmt: skip

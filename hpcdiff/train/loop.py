@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from hpcdiff import nvtx
+from hpcdiff.compiling import compile_network, use_run_cache
 from hpcdiff.config import to_dict, write_yaml
 from hpcdiff.config.checks import check_domain_grid
 from hpcdiff.core import Module
@@ -266,6 +267,9 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
 
     # Engine (ZeRO-sharded optimizer state / gradients / parameters), EMA, resume.
     engine = build_engine(objective, cfg.zero, cfg.optim, cfg.data.batch_size, ctx)
+    if cfg.model.compile:  # the backbone only; ZeRO's hooks stay eager around it
+        use_run_cache(run_dir)
+        compile_network(engine.module.model)
     ema = ShardedEMA(engine.module, cfg.ema) if cfg.ema.enabled else None
     start, samples_seen = _resume(engine, ema, stream, cfg, ckpt_dir, rank)
     if start > 0:
