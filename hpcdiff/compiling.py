@@ -40,7 +40,13 @@ def use_run_cache(run_dir: str | os.PathLike) -> Path:
 
 def compile_network(wrapper: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
     """Compile ``wrapper.model`` (the network a patch wrapper such as ``MultiDiffusionModel2D``
-    runs on each batch of patches) in place; returns ``wrapper``."""
+    runs on each batch of patches) in place; returns ``wrapper``.
+
+    Random operations (dropout) draw the same numbers as in eager mode (Inductor's
+    ``fallback_random``): Inductor's own generator would consume the global RNG differently,
+    so a compiled run would leave the eager run's loss curve after the first step, and a run
+    could not switch between compiled and eager across a resume."""
+    torch._inductor.config.fallback_random = True
     network = wrapper.model
     network.compile(mode=mode)
     log.info("compiling %s with torch.compile (mode %s)", type(network).__name__, mode)

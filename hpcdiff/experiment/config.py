@@ -126,7 +126,7 @@ class ModelConfig:
     # file; false loads what matches and reports the rest.
     init_strict: bool = True
     # torch.compile the preconditioned backbone for training (any zero.stage; kernels cached in
-    # <run>/compile_cache unless TORCHINDUCTOR_CACHE_DIR is set; see docs/performance.md).
+    # compile_cache/ of the run directory unless TORCHINDUCTOR_CACHE_DIR is set).
     compile: bool = False
 
     def validate(self) -> None:
@@ -295,8 +295,8 @@ class SampleConfig:
     # bf16 also runs on CPUs (slower there without native bf16 units). Skill change measured
     # in docs/performance.md.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # torch.compile the preconditioned backbone for sampling (kernels cached in
-    # <run>/compile_cache unless TORCHINDUCTOR_CACHE_DIR is set; see docs/performance.md).
+    # torch.compile the preconditioned backbone for sampling (kernels cached in compile_cache/
+    # of the run directory unless TORCHINDUCTOR_CACHE_DIR is set; see docs/performance.md).
     compile: bool = False
 
     def validate(self) -> None:
