@@ -117,6 +117,7 @@ class Sampler:
     def __init__(self, objective, cfg, mesh: DomainMesh, members: int) -> None:
         self.objective, self.cfg, self.mesh, self.members = objective, cfg, mesh, members
         self.scheduler = objective.scheduler
+        self.dtype: torch.dtype | None = None  # autocast dtype of the model (None: fp32)
 
     def seeds(self, case: Case, seed: int) -> list[int]:
         return [(seed * 1_000_003 + case.time) * 1_000_003 + e for e in range(self.members)]
@@ -149,7 +150,8 @@ class Sampler:
                               noise_fn=BlockNoise(seeds, self.mesh.tile))  # fmt: skip
         tN = (grid[0] if grid is not None else tiles.timesteps(num_steps)[0]).expand(len(seeds))
         xN = tiles.init_latents((case.truth.shape[0], *self.mesh.shape), tN)
-        x = sample(f, xN, tiles, num_steps, solver=solver_, time_steps=grid)
+        with torch.autocast("cpu", self.dtype, enabled=self.dtype is not None):
+            x = sample(f, xN, tiles, num_steps, solver=solver_, time_steps=grid)
         return x.numpy(), f.calls
 
     def optimized_grid(self, case: Case, steps: int, seed: int) -> torch.Tensor:
@@ -207,6 +209,26 @@ def run_setting(sampler: Sampler, cases, solver, options, steps, seed, grids=Non
     return out
 
 
+def compare_precision(sampler: Sampler, cases: list[Case], args) -> None:
+    """Skill of one setting in fp32 and under reduced-precision autocast (same noise), and the
+    change."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.precision[0]]
+    solver, steps = args.precision[1], int(args.precision[2])
+    print(f"{'solver':>20} {'steps':>5} {'precision':>9} {'CRPS':>8} {'RMSE':>8} {'power':>6} "
+          f"{'dCRPS%':>7} {'dRMSE%':>7} {'s':>5}")  # fmt: skip
+    for name, n in ((solver, steps),):
+        base = None
+        for label, d in (("fp32", None), (args.precision[0], dtype)):
+            sampler.dtype = d
+            r = run_setting(sampler, cases, name, {}, n, args.seed)
+            base = base or r
+            dc, dr = r["crps"] / base["crps"] - 1, r["rmse"] / base["rmse"] - 1
+            print(f"{name:>20} {n:>5} {label:>9} {r['crps']:8.4f} {r['rmse']:8.4f} "
+                  f"{r['power']:6.3f} {100 * dc:7.2f} {100 * dr:7.2f} {r['seconds']:5.0f}",
+                  flush=True)  # fmt: skip
+    sampler.dtype = None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="trained run directory (config.yaml, checkpoints/)")
@@ -216,6 +238,9 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=0.02, help="CRPS tolerance of the knee")
     p.add_argument("--quick", action="store_true", help="a few settings only")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--precision", nargs=3, metavar=("DTYPE", "SOLVER", "STEPS"),
+                   help="instead: SOLVER at STEPS in fp32 and under DTYPE "
+                   "(bf16) autocast, e.g. --precision bf16 dpmpp_2m 18")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -228,6 +253,8 @@ def main() -> None:
     shape, patch = tuple(mesh.shape), tuple(cfg.data.patch_shape)
     print(f"run {args.run}: {params:,} parameters, grid {shape}, patches {patch}, "
           f"{len(cases)} times x {args.members} members")  # fmt: skip
+    if args.precision:
+        return compare_precision(sampler, cases, args)
     solver, options, steps = REFERENCE
     ref = run_setting(sampler, cases, solver, options, steps, args.seed)
     other = run_setting(sampler, cases, solver, options, steps, args.seed + 1)
