@@ -235,7 +235,25 @@ def main() -> None:
     p.add_argument("--times", type=int, default=3, help="validation times")
     p.add_argument("--members", type=int, default=4, help="ensemble members per time")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tolerance", type=float, default=0.02, help="CRPS tolerance of the knee")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="relative CRPS (and RMSE) tolerance of the knee",
+    )
+    p.add_argument(
+        "--power-tolerance",
+        type=float,
+        default=0.1,
+        help="relative tolerance of the fine-scale power ratio (guarded knee)",
+    )
+    p.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="JSON",
+        help="print the knees of rows saved with --json (no sampling)",
+    )
+    p.add_argument("--plot", type=Path, help="with --summarize: CRPS, power vs NFE (PNG)")
     p.add_argument("--quick", action="store_true", help="a few settings only")
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--precision", nargs=3, metavar=("DTYPE", "SOLVER", "STEPS"),
@@ -243,6 +261,12 @@ def main() -> None:
                    "(bf16) autocast, e.g. --precision bf16 dpmpp_2m 18")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if args.summarize:
+        rows = json.loads(args.summarize.read_text())["rows"]
+        markdown(rows)
+        if args.plot:
+            plot(rows, args.plot)
+        return knees(rows, args.tolerance, args.power_tolerance)
     torch.set_num_threads(args.threads)
     run = args.run.resolve()
     os.chdir(run.parents[1])  # relative data paths in the config are from where training ran
@@ -281,12 +305,76 @@ def main() -> None:
             if args.json:
                 table = {"seed_noise": seed_noise, "rows": [[lb, v, r] for lb, v, r in rows]}
                 args.json.write_text(json.dumps(table, indent=1))
-    within = [row for row in rows[1:] if row[2]["dcrps"] <= args.tolerance]
-    if within:
+    knees(rows, args.tolerance, args.power_tolerance)
+
+
+def plot(rows: list, path: Path) -> None:
+    """CRPS and fine-scale power ratio (relative to the reference) against NFE per solver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = rows[0][2]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    labels = list(dict.fromkeys(label for label, _, _ in rows[1:]))
+    for label in labels:
+        mine = sorted((r["nfe"], r) for lb, _, r in rows if lb == label)
+        nfe = [n for n, _ in mine]
+        axes[0].plot(nfe, [r["crps"] / ref["crps"] for _, r in mine], "o-", label=label)
+        axes[1].plot(nfe, [r["power"] / ref["power"] for _, r in mine], "o-", label=label)
+    for ax, name in zip(axes, ("CRPS", "fine-scale power ratio")):
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axvline(ref["nfe"], color="k", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("model evaluations per sample")
+        ax.set_ylabel(f"{name} / reference")
+    axes[0].axhspan(0.98, 1.02, color="0.9")
+    axes[0].set_ylim(0.9, 1.3)
+    axes[1].set_yscale("log")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def markdown(rows: list) -> None:
+    """The rows as a Markdown table (docs/performance.md)."""
+    ref = rows[0][2]
+    print("| solver | steps / tol | NFE | CRPS | vs ref | RMSE | vs ref | fine-scale power |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, v, r in rows:
+        dc, dr = r["crps"] / ref["crps"] - 1, r["rmse"] / ref["rmse"] - 1
+        print(
+            f"| {label} | {v:g} | {r['nfe']:.0f} | {r['crps']:.4f} | {100 * dc:+.1f} % | "
+            f"{r['rmse']:.4f} | {100 * dr:+.1f} % | {r['power']:.2f} |"
+        )
+
+
+def knees(rows: list, tolerance: float, power_tolerance: float) -> None:
+    """The fewest-NFE row within ``tolerance`` CRPS of the reference (rows[0]), and the
+    fewest-NFE row that also keeps the ensemble-mean RMSE within ``tolerance`` and the
+    fine-scale power ratio within ``power_tolerance`` of the reference's."""
+    ref = rows[0][2]
+
+    def ok(r: dict, guarded: bool) -> bool:
+        if r["crps"] > (1 + tolerance) * ref["crps"]:
+            return False
+        return not guarded or (
+            r["rmse"] <= (1 + tolerance) * ref["rmse"]
+            and abs(r["power"] / ref["power"] - 1) <= power_tolerance
+        )
+
+    for guarded, name in ((False, "CRPS only"), (True, "CRPS, RMSE and fine-scale power")):
+        within = [row for row in rows[1:] if ok(row[2], guarded)]
+        if not within:
+            print(f"knee ({name}): no setting qualifies")
+            continue
         label, v, r = min(within, key=lambda row: row[2]["nfe"])
-        share = r["nfe"] / ref["nfe"]
-        print(f"knee: {label} at {v:g} ({r['nfe']:.0f} NFE, {share:.2f} of the reference's "
-              f"{ref['nfe']:.0f}); CRPS {100 * r['dcrps']:+.2f} % vs reference")  # fmt: skip
+        print(f"knee ({name}): {label} at {v:g}: {r['nfe']:.0f} NFE, "
+              f"{r['nfe'] / ref['nfe']:.2f} of the reference's {ref['nfe']:.0f}; CRPS "
+              f"{100 * (r['crps'] / ref['crps'] - 1):+.2f} %, RMSE "
+              f"{100 * (r['rmse'] / ref['rmse'] - 1):+.2f} %, power ratio {r['power']:.2f} "
+              f"(reference {ref['power']:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":
