@@ -28,9 +28,17 @@ log = logging.getLogger(__name__)
 
 def use_run_cache(run_dir: str | os.PathLike) -> Path:
     """Point the compile cache at ``<run_dir>/compile_cache`` (unless the environment names
-    one already) and turn on the persistent caches; returns the directory in use. Call it
-    before the first compilation of the process."""
-    cache = Path(os.environ.get(CACHE_ENV) or Path(run_dir) / "compile_cache")
+    another than torch's default) and turn on the persistent caches; returns the directory in
+    use. Call it before the first compilation of the process."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # Torch writes its default into the environment once anything asked for the cache
+    # directory (DeepSpeed's set-up may): that value is not a user's choice.
+    named = os.environ.get(CACHE_ENV)
+    if named and os.path.abspath(named) != os.path.abspath(default_cache_dir()):
+        cache = Path(named)
+    else:
+        cache = Path(run_dir).resolve() / "compile_cache"
     os.environ[CACHE_ENV] = str(cache)
     cache.mkdir(parents=True, exist_ok=True)
     torch._inductor.config.fx_graph_cache = True
