@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import hpcdiff
@@ -224,6 +225,8 @@ def test_sample_dry_run_prints_the_plan_and_writes_nothing(run_dir, capsys):
     assert plan["grid"] == [16, 16] and plan["ensemble"] == 3 and len(plan["times"]) == 2
     assert plan["patch_grid"] == [3, 3]  # ceil(16 / (8 - overlap 2))
     assert plan["world"] == 1 and plan["output"] == str(run_dir / "samples" / "samples.nc")
+    assert plan["solver"] == "dpmpp_2m" and plan["num_steps"] == 18  # the defaults
+    assert plan["precision"] == "fp32" and plan["compile"] is False
     assert not (run_dir / "samples").exists()
 
 
@@ -233,6 +236,11 @@ def test_sample_dry_run_prints_the_plan_and_writes_nothing(run_dir, capsys):
         ("sample.domain_grid=[2, 2]", "does not divide the world size 1; allowed: py * px in [1]"),
         ("data.patch_shape=[8, 32]", "'data.patch_shape': [8, 32] is larger than the data grid"),
         ("checkpoint.dir=none", "no checkpoint"),
+        pytest.param(
+            "sample.precision=fp16",
+            "'sample.precision': fp16 autocast needs a CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on CUDA"),
+        ),
     ],
 )
 def test_sample_rejects_impossible_plans_before_loading_a_model(run_dir, override, message, capsys):

@@ -51,17 +51,22 @@ def sampling_plan(
 ) -> dict:
     """What ``hpcdiff sample`` on ``world`` ranks would do, after checking everything it can
     without a model (``verify``: the checkpoint's checksums too)."""
+    import torch
+
     from hpcdiff.config.checks import check_domain_grid, check_patch_fits, check_patch_grid
     from hpcdiff.data.cf import format_time
     from hpcdiff.data.errors import DataError
     from hpcdiff.data.normalize import Normalizer
     from hpcdiff.data.stream import open_sources
     from hpcdiff.experiment.config import load_config
+    from hpcdiff.generate.distributed import precision_dtype
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml from training)")
     cfg = load_config(run_dir / "config.yaml", list(overrides))
+    cuda = cfg.dist.device != "cpu" and torch.cuda.is_available()
+    precision_dtype(cfg.sample.precision, torch.device("cuda" if cuda else "cpu"))
     ckpt = _checkpoint(run_dir / cfg.checkpoint.dir, verify)
     target = open_sources(cfg.data)["target"]
     grid = tuple(target.shape)
@@ -86,6 +91,8 @@ def sampling_plan(
         "ensemble": s.ensemble,
         "solver": s.solver,
         "num_steps": s.num_steps,
+        "precision": s.precision,
+        "compile": s.compile,
         "patch_shape": list(cfg.data.patch_shape),
         "patch_grid": [math.ceil(n / k) for n, k in zip(grid, stride)],
         "domain_grid": [py, px],
