@@ -245,7 +245,7 @@ def main() -> None:
         "--power-tolerance",
         type=float,
         default=0.1,
-        help="relative tolerance of the fine-scale power ratio (guarded knee)",
+        help="slack on the fine-scale power ratio's distance from 1 (guarded knee)",
     )
     p.add_argument(
         "--summarize",
@@ -351,9 +351,9 @@ def markdown(rows: list) -> None:
 
 
 def knees(rows: list, tolerance: float, power_tolerance: float) -> None:
-    """The fewest-NFE row within ``tolerance`` CRPS of the reference (rows[0]), and the
-    fewest-NFE row that also keeps the ensemble-mean RMSE within ``tolerance`` and the
-    fine-scale power ratio within ``power_tolerance`` of the reference's."""
+    """The fewest-NFE row (ties: lower CRPS) within ``tolerance`` CRPS of the reference
+    (rows[0]), and the one that also keeps the ensemble-mean RMSE within ``tolerance`` and the
+    fine-scale power ratio no further from 1 than the reference's, plus ``power_tolerance``."""
     ref = rows[0][2]
 
     def ok(r: dict, guarded: bool) -> bool:
@@ -361,7 +361,7 @@ def knees(rows: list, tolerance: float, power_tolerance: float) -> None:
             return False
         return not guarded or (
             r["rmse"] <= (1 + tolerance) * ref["rmse"]
-            and abs(r["power"] / ref["power"] - 1) <= power_tolerance
+            and abs(r["power"] - 1) <= (1 + power_tolerance) * abs(ref["power"] - 1)
         )
 
     for guarded, name in ((False, "CRPS only"), (True, "CRPS, RMSE and fine-scale power")):
@@ -369,7 +369,7 @@ def knees(rows: list, tolerance: float, power_tolerance: float) -> None:
         if not within:
             print(f"knee ({name}): no setting qualifies")
             continue
-        label, v, r = min(within, key=lambda row: row[2]["nfe"])
+        label, v, r = min(within, key=lambda row: (row[2]["nfe"], row[2]["crps"]))
         print(f"knee ({name}): {label} at {v:g}: {r['nfe']:.0f} NFE, "
               f"{r['nfe'] / ref['nfe']:.2f} of the reference's {ref['nfe']:.0f}; CRPS "
               f"{100 * (r['crps'] / ref['crps'] - 1):+.2f} %, RMSE "
