@@ -5,7 +5,7 @@
 
    * foundation: ``core`` (Module base), ``config`` (typed loading), ``logs``, ``progress``,
      ``extras``, ``nvtx`` (the range seam), ``lazy`` (package exports loaded on first use),
-     the ``hpcdiff`` package itself;
+     ``compiling`` (torch.compile of backbones and its cache), the ``hpcdiff`` package itself;
    * math: ``diffusion`` (the PhysicsNeMo API), ``models`` (backbones);
    * data: ``data`` (NetCDF/Dask readers, tiles, normalization);
    * distributed: ``distributed`` (launchers, process groups, ZeRO engines, checkpoints);
@@ -35,7 +35,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = [
-    ("foundation", {"", "core", "config", "logs", "progress", "extras", "nvtx", "lazy"}),
+    (
+        "foundation",
+        {"", "core", "config", "logs", "progress", "extras", "nvtx", "lazy", "compiling"},
+    ),
     ("math", {"diffusion", "models"}),
     ("data", {"data"}),
     ("distributed", {"distributed"}),
