@@ -160,7 +160,8 @@ class ConditionBaselines:
 
     def __init__(self, condition: GridSource, positions, times: np.ndarray | None, n: int):
         self.source = condition
-        self.interp = Interpolation(*positions, condition.shape)
+        pos_y, pos_x = positions
+        self.interp = Interpolation(pos_y, pos_x, condition.shape)
         self.index = _match(condition, times, n)
         self.description = ", ".join(f.path for f in condition.files)
 

@@ -115,7 +115,8 @@ class RegressionMean:
                 used = sum(m.numel() * m.element_size() for m in self.cache.values())
                 if used + mean.numel() * mean.element_size() <= self.cache_bytes:
                     self.cache[t] = mean
-        return torch.stack([self.cache.get(t, fresh.get(t)) for t in times])  # (B, C, H, W)
+        means = [self.cache[t] if t in self.cache else fresh[t] for t in times]
+        return torch.stack(means)  # (B, C, H, W)
 
 
 class ResidualInputs:
