@@ -46,7 +46,9 @@ def use_run_cache(run_dir: str | os.PathLike) -> Path:
     return cache
 
 
-def compile_network(wrapper: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+def compile_network(
+    wrapper: torch.nn.Module, backend: str = "inductor", mode: str | None = None
+) -> torch.nn.Module:
     """Compile ``wrapper.model`` (the network a patch wrapper such as ``MultiDiffusionModel2D``
     runs on each batch of patches) in place; returns ``wrapper``.
 
@@ -56,6 +58,7 @@ def compile_network(wrapper: torch.nn.Module, mode: str | None = None) -> torch.
     could not switch between compiled and eager across a resume."""
     torch._inductor.config.fallback_random = True
     network = wrapper.model
-    network.compile(mode=mode)
-    log.info("compiling %s with torch.compile (mode %s)", type(network).__name__, mode)
+    network.compile(backend=backend, mode=mode)
+    log.info("compiling %s with torch.compile (backend %s, mode %s)", type(network).__name__,
+             backend, mode)  # fmt: skip
     return wrapper

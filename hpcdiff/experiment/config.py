@@ -128,6 +128,10 @@ class ModelConfig:
     # torch.compile the preconditioned backbone for training (any zero.stage; kernels cached in
     # compile_cache/ of the run directory unless TORCHINDUCTOR_CACHE_DIR is set).
     compile: bool = False
+    # The torch.compile backend: inductor generates fused kernels (the speed-up); aot_eager
+    # captures the same graphs (forward and backward) and runs them without code generation,
+    # which tells a graph-capture problem from an Inductor one and compiles in seconds.
+    compile_backend: Literal["inductor", "aot_eager"] = "inductor"
 
     def validate(self) -> None:
         from hpcdiff.models.registry import model_names
@@ -300,6 +304,8 @@ class SampleConfig:
     # torch.compile the preconditioned backbone for sampling (kernels cached in compile_cache/
     # of the run directory unless TORCHINDUCTOR_CACHE_DIR is set; see docs/performance.md).
     compile: bool = False
+    # The torch.compile backend for sampling, as model.compile_backend.
+    compile_backend: Literal["inductor", "aot_eager"] = "inductor"
 
     def validate(self) -> None:
         from hpcdiff.diffusion.samplers import SOLVERS

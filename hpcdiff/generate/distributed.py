@@ -293,7 +293,7 @@ def generate_distributed(run_dir: Path, cfg: Any) -> dict:
     model = consolidated_model(ckpt, run_dir / "model.mdlus").to(ctx.device)
     if s.compile:
         use_run_cache(run_dir)
-        compile_network(model.model)
+        compile_network(model.model, s.compile_backend)
     residual = _residual(cfg, run_dir, ctx.device)
     tiles, truths, means, times, source, mesh = _sample_valid_times(model, cfg, ctx.device,
                                                                     residual)  # fmt: skip

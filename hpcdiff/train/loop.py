@@ -269,7 +269,7 @@ def train(cfg: TrainConfig, dry_run: bool = False) -> Path:
     engine = build_engine(objective, cfg.zero, cfg.optim, cfg.data.batch_size, ctx)
     if cfg.model.compile:  # the backbone only; ZeRO's hooks stay eager around it
         use_run_cache(run_dir)
-        compile_network(engine.module.model)
+        compile_network(engine.module.model, cfg.model.compile_backend)
     ema = ShardedEMA(engine.module, cfg.ema) if cfg.ema.enabled else None
     start, samples_seen = _resume(engine, ema, stream, cfg, ckpt_dir, rank)
     if start > 0:

