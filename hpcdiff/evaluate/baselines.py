@@ -211,7 +211,11 @@ class Baselines:
         if paths:
             files = resolve_files(list(paths), "condition_files")
         elif fallbacks.condition_files:
-            files = resolve_files(fallbacks.condition_files, "condition_files")
+            try:  # the run's files, relative to where it was trained: maybe not from here
+                files = resolve_files(fallbacks.condition_files, "condition_files")
+            except DataError as err:
+                note = f"no interpolation baseline ({err}; evaluate from the directory the run "
+                return cls(samples, None, note + "was trained in, or pass --condition)")
             names = [v for v in names if v in fallbacks.condition_variables]
         else:
             return cls(samples, None, "no condition files: no interpolation baseline")
