@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from docsrun import (
-    COUNTS,
     ROOT,
     SHELL_LANGUAGES,
     copy_quickstart,
@@ -47,7 +46,9 @@ def test_page_runs(page, tmp_path, request):
     if "physicsnemo" in setup:
         write_physicsnemo_files(work)
     result = run_page(page, work)
-    COUNTS[_name(page)] = (result.executed, result.checked)
+    # to the terminal summary (tests/conftest.py), also from a pytest-xdist worker
+    request.node.user_properties.append(("docs_counts", (_name(page), result.executed,
+                                                         result.checked)))  # fmt: skip
 
 
 def _fences(text: str):
