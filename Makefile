@@ -26,7 +26,7 @@ test: $(STAMP)
 	scripts/ci_nsight.sh install   # Debian nsight-systems (contrib + non-free) for tests/profiling
 	# tests/cluster brings up scripts/ci_cluster.sh (2 namespace nodes, root only) and takes
 	# it down itself; the `down` here also cleans up after an interrupted pytest
-	$(PY) -m pytest -n 2 --dist loadgroup; rc=$$?; [ "$$(id -u)" != 0 ] || scripts/ci_cluster.sh down; exit $$rc
+	$(PY) -m pytest -n 2 --dist loadfile; rc=$$?; [ "$$(id -u)" != 0 ] || scripts/ci_cluster.sh down; exit $$rc
 
 quickstart: $(STAMP)
 	VENV=$(VENV) scripts/quickstart.sh $(ARGS)

@@ -27,7 +27,7 @@ setup(
         "plots": ["matplotlib>=3.7"],
         "tensorboard": ["tensorboard>=2.14"],
         "mpi": ["mpich>=4.1"],
-        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "mypy>=1.10"],
+        "dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "hypothesis>=6", "mypy>=1.10"],
         "all": ["matplotlib>=3.7", "tensorboard>=2.14", "mpich>=4.1", "pytest>=8",
                 "ruff>=0.6", "hypothesis>=6", "mypy>=1.10"],
     },

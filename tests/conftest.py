@@ -1,11 +1,11 @@
 """Settings, fixtures and hooks shared by the whole suite.
 
-`make test` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``): about half
-of the serial suite's wall time had one core idle (single-rank runs, launcher and Slurm waits,
-timeouts). The tests of one file stay on one worker (module fixtures are built once), and
-:func:`pytest_collection_modifyitems` keeps together what shares a machine-wide resource: the
-one-node Slurm and Nsight Systems ("slurm"), the namespace nodes ("cluster") and the
-quickstart state ("quickstart")."""
+`make test` runs the suite on two pytest-xdist workers, a test file at a time per worker
+(``-n 2 --dist loadfile``: module fixtures are built once; the multi-node tests share one
+session fixture and one file): the serial suite kept one of the two cores idle about half of
+the time (single-rank runs, launcher and Slurm waits, timeouts). Slurm jobs of the two workers
+queue on the one-node Slurm as any jobs do. (``loadgroup`` would group across files, but
+pytest-xdist 3.8's groups do not reach pytest 9's node ids.)"""
 
 import subprocess
 import sys
@@ -44,28 +44,6 @@ def quickstart_state(tmp_path_factory):
     assert out.returncode == 0, f"quickstart failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     (work / "make_quickstart.out").write_text(out.stdout)
     return work
-
-
-# Tests that share a machine-wide resource, by file (and test-name part): one worker each.
-SHARED = {
-    "slurm": ["tests/distributed/test_dist_launchers.py", "tests/profiling/test_nsys.py",
-              "tests/distributed/test_preemption.py"],
-    "cluster": ["tests/cluster/"],
-    "quickstart": ["tests/docs/test_docs_run.py::test_page_runs",
-                   "tests/train/test_train_e2e.py::test_quickstart_script_runs_end_to_end"],
-}  # fmt: skip
-
-
-def _group(nodeid: str) -> str:
-    for group, prefixes in SHARED.items():
-        if any(nodeid.startswith(p) for p in prefixes):
-            return group
-    return nodeid.split("::")[0]  # the file: its module fixtures are built once
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item.nodeid)))
 
 
 def pytest_runtest_logreport(report):

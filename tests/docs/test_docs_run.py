@@ -2,6 +2,7 @@
 profiling/README.md runs, in page order, in a scratch directory (tests/docs/docsrun.py says how
 pages mark blocks that can only be checked, and how CI scales the commands down)."""
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -49,6 +50,24 @@ def test_page_runs(page, tmp_path, request):
     # to the terminal summary (tests/conftest.py), also from a pytest-xdist worker
     request.node.user_properties.append(("docs_counts", (_name(page), result.executed,
                                                          result.checked)))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quickstart_writes_what_it_promises(quickstart_state):
+    """The README's quickstart (`make quickstart` -> scripts/quickstart.sh, steps scaled as the
+    docs tests scale them; the state every page starts from, tests/conftest.py): trained,
+    consolidated, sampled and evaluated, and the closing message points into the run."""
+    run = quickstart_state / "runs" / "quickstart"
+    assert (run / "samples" / "samples.nc").stat().st_size > 0
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
+        "t2m.png",
+        "tp.png",
+        "u10.png",
+        "v10.png",
+    ]
+    assert json.loads((run / "eval" / "metrics.json").read_text())
+    out = (quickstart_state / "make_quickstart.out").read_text()
+    assert (run / "model.mdlus").is_file() and f"{run}/" in out
 
 
 def _fences(text: str):

@@ -151,24 +151,6 @@ def test_compiled_zero3_training_and_tiled_sampling_match_eager(workdir):
     np.testing.assert_allclose(samples["true"], samples["false"], rtol=0, atol=1e-4 * scale)
 
 
-@pytest.mark.slow
-def test_quickstart_script_runs_end_to_end(quickstart_state):
-    """The README's quickstart (`make quickstart` -> scripts/quickstart.sh, steps scaled as the
-    docs tests scale them; run once for the suite, tests/conftest.py): trained, consolidated,
-    sampled and evaluated, and the closing message points into the run."""
-    run = quickstart_state / "runs" / "quickstart"
-    assert (run / "samples" / "samples.nc").stat().st_size > 0
-    assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
-        "t2m.png",
-        "tp.png",
-        "u10.png",
-        "v10.png",
-    ]
-    assert json.loads((run / "eval" / "metrics.json").read_text())
-    out = (quickstart_state / "make_quickstart.out").read_text()
-    assert (run / "model.mdlus").is_file() and f"{run}/" in out
-
-
 def test_torch_trace_covers_the_capture_window_on_every_rank(workdir):
     torchrun = (str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2")
     _hpcdiff(workdir, "train", "--config", "tiny.yaml", "run.name=trace", "run.steps=3",
