@@ -104,26 +104,40 @@ class _OnPatches:
         )  # fmt: skip
 
 
-def random_patches(objective: Module, x0, weight, condition, origin) -> tuple:
-    """``objective.patches_per_sample`` random patches of each window of x0, weight (B, C, h,
-    w) and condition (B, Cc, h, w) or None, whose top-left corners on the global grid are
-    ``origin`` (B, 2) (default: the whole grid): (P B, C, Hp, Wp) each, the condition as
-    sampling lays it out ({"condition": ...}); the model's patch indices are set to the
-    patches' global positions (their positional embedding)."""
-    B, shape = x0.shape[0], objective.patch_shape
-    corners = draw_corners(x0.shape[-2:], shape, objective.patches_per_sample, B)
-    offset = torch.zeros(B, 2, dtype=torch.long) if origin is None else origin.cpu()
-    objective.model.set_patch_indices((corners + offset).reshape(-1, 2))  # global (P B, 2)
-    x0_p = gather_patches(x0, corners, shape)  # (P B, C, Hp, Wp)
-    weight_p = gather_patches(weight, corners, shape)
-    cond_p = None
-    if condition is not None:
-        patches = gather_patches(condition, corners, shape)
-        cond_p = TensorDict({"condition": patches}, batch_size=[patches.shape[0]])
-    return x0_p, weight_p, cond_p
+class PatchObjective(Module):
+    """What every training objective shares: the inference ``model`` (a MultiDiffusionModel2D)
+    and ``patches_per_sample`` random patches of ``patch_shape`` per window.
+
+    :meth:`patches` turns windows x0, weight (B, C, h, w) and condition (B, Cc, h, w) or None,
+    whose top-left corners on the global grid are ``origin`` (B, 2) (default: the whole grid),
+    into (P B, C, Hp, Wp) patches, the condition as sampling lays it out ({"condition": ...});
+    the model's patch indices are set to the patches' global positions (their positional
+    embedding)."""
+
+    def __init__(
+        self, model: MultiDiffusionModel2D, patch_shape: tuple[int, int], patches_per_sample: int
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
+        self.patches_per_sample = int(patches_per_sample)
+        model.set_random_patching(patch_shape=self.patch_shape, patch_num=self.patches_per_sample)
+
+    def patches(self, x0, weight, condition, origin) -> tuple:
+        B, shape = x0.shape[0], self.patch_shape
+        corners = draw_corners(x0.shape[-2:], shape, self.patches_per_sample, B)
+        offset = torch.zeros(B, 2, dtype=torch.long) if origin is None else origin.cpu()
+        self.model.set_patch_indices((corners + offset).reshape(-1, 2))  # global (P B, 2)
+        x0_p = gather_patches(x0, corners, shape)  # (P B, C, Hp, Wp)
+        weight_p = gather_patches(weight, corners, shape)
+        cond_p = None
+        if condition is not None:
+            patches = gather_patches(condition, corners, shape)
+            cond_p = TensorDict({"condition": patches}, batch_size=[patches.shape[0]])
+        return x0_p, weight_p, cond_p
 
 
-class DiffusionObjective(Module):
+class DiffusionObjective(PatchObjective):
     """Per-patch weighted DSM loss of ``model`` on windows of the global grid (the module a
     DeepSpeed engine wraps).
 
@@ -142,12 +156,8 @@ class DiffusionObjective(Module):
         patch_shape: tuple[int, int] = (64, 64),
         patches_per_sample: int = 1,
     ) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, patch_shape, patches_per_sample)
         self.scheduler = build_scheduler(scheduler, scheduler_args or {})
-        self.patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
-        self.patches_per_sample = int(patches_per_sample)
-        model.set_random_patching(patch_shape=self.patch_shape, patch_num=self.patches_per_sample)
         self.loss = WeightedMSEDSMLoss(_OnPatches(model), self.scheduler, reduction="none")
 
     def forward(
@@ -157,6 +167,6 @@ class DiffusionObjective(Module):
         condition: torch.Tensor | None = None,
         origin: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x0_p, weight_p, cond_p = random_patches(self, x0, weight, condition, origin)
+        x0_p, weight_p, cond_p = self.patches(x0, weight, condition, origin)
         t = self.scheduler.sample_time(x0_p.shape[0], device=x0.device, dtype=x0.dtype)
         return self.loss(x0_p, weight_p, t=t, condition=cond_p)

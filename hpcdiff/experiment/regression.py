@@ -15,7 +15,7 @@ from tensordict import TensorDict
 
 from hpcdiff.core import Module
 from hpcdiff.diffusion.multi_diffusion import MultiDiffusionModel2D, MultiDiffusionPredictor
-from hpcdiff.experiment.build import random_patches
+from hpcdiff.experiment.build import PatchObjective
 
 
 class RegressionNet(Module):
@@ -29,7 +29,7 @@ class RegressionNet(Module):
         return self.net(torch.zeros_like(x), torch.zeros_like(t), condition, **kw)
 
 
-class RegressionObjective(Module):
+class RegressionObjective(PatchObjective):
     """Per-patch weighted squared error ``weight (f(condition) - x0)^2`` of a regression
     ``model`` (MultiDiffusionModel2D around a :class:`RegressionNet`) on windows of the global
     grid; the module a DeepSpeed engine wraps.
@@ -45,11 +45,7 @@ class RegressionObjective(Module):
         patch_shape: tuple[int, int] = (64, 64),
         patches_per_sample: int = 1,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
-        self.patches_per_sample = int(patches_per_sample)
-        model.set_random_patching(patch_shape=self.patch_shape, patch_num=self.patches_per_sample)
+        super().__init__(model, patch_shape, patches_per_sample)
 
     def forward(
         self,
@@ -58,7 +54,7 @@ class RegressionObjective(Module):
         condition: torch.Tensor | None = None,
         origin: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x0_p, weight_p, cond_p = random_patches(self, x0, weight, condition, origin)
+        x0_p, weight_p, cond_p = self.patches(x0, weight, condition, origin)
         t = torch.zeros(x0_p.shape[0], device=x0.device, dtype=x0.dtype)
         mean = self.model(x0_p, t, condition=cond_p, x_is_patched=True, t_is_patched=True,
                           condition_is_patched=True)  # fmt: skip
