@@ -24,7 +24,8 @@ import torch
 from hpcdiff.config import ConfigError
 from hpcdiff.core import Module
 from hpcdiff.data import Batch, DataStream
-from hpcdiff.distributed.collectives import barrier, mean_over_ranks
+from hpcdiff.data.stats import write_stats
+from hpcdiff.distributed.collectives import barrier, sum_over_ranks
 from hpcdiff.experiment.conditioning import condition_of
 from hpcdiff.experiment.regression import RegressionObjective, regression_mean
 
@@ -152,10 +153,7 @@ def residual_stats(stream: DataStream, inputs_of, device: torch.device) -> dict:
     stream.close()
     if sums is None:
         raise ValueError("residual statistics: this rank has no training time")
-    from hpcdiff.distributed.env import resolve_env
-
-    total = mean_over_ranks(sums) * resolve_env().world_size
-    n, s1, s2 = total
+    n, s1, s2 = sum_over_ranks(sums)
     mean = s1 / n.clamp(min=1)
     std = (s2 / n.clamp(min=1) - mean**2).clamp(min=0).sqrt()
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
@@ -187,7 +185,7 @@ def residual_setup(cfg: Any, part: Any, sources: dict, run_dir: Path, device, ra
 
         stats = {**residual_stats(stream, inputs_of, device), "mean_patching": patching}
         if rank == 0:
-            path.write_text(json.dumps(stats, indent=1) + "\n")
+            write_stats(stats, path)  # atomically: a stopped start leaves no half file
     tensors = (torch.tensor(stats["mean"], dtype=torch.float32),
                torch.tensor(stats["std"], dtype=torch.float32))  # fmt: skip
     return ResidualInputs(mean, tensors)
