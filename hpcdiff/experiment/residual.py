@@ -94,6 +94,14 @@ def sampling_patching(sample_cfg: Any) -> dict:
             "chunk_size": s.chunk_size}  # fmt: skip
 
 
+def read_stats(run_dir: Path, sample_cfg: Any) -> tuple[dict, dict]:
+    """(statistics, patch grid of the mean) of a residual run from its
+    ``residual_stats.json``, ({}, the ``sample`` section's grid) when there is none yet."""
+    path = Path(run_dir) / STATS
+    stats = json.loads(path.read_text()) if path.is_file() else {}
+    return stats, stats.get("mean_patching", sampling_patching(sample_cfg))
+
+
 class RegressionMean:
     """mu(c) (B, C, H, W) of whole-grid windows, one entry per time index kept while the
     cache holds less than ``cache_bytes``."""
@@ -167,10 +175,9 @@ def residual_setup(cfg: Any, part: Any, sources: dict, run_dir: Path, device, ra
     regression = load_regression(cfg, run_dir, rank).to(device)
     path = Path(run_dir) / STATS
     barrier()
-    have = path.is_file()
+    stats, patching = read_stats(run_dir, cfg.sample)
+    have = bool(stats)
     barrier()
-    stats = json.loads(path.read_text()) if have else {}
-    patching = stats.get("mean_patching", sampling_patching(cfg.sample))
     mean = RegressionMean(regression, patching, cfg.objective.mean_cache_mib * 2**20)
     if not have:
         data = dataclasses.replace(cfg.data, valid_time=cfg.data.train_time, prefetch=1)

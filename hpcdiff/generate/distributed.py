@@ -226,13 +226,12 @@ def _residual(cfg: Any, run_dir: Path, device: torch.device) -> Any:
     """(regression objective, (m, s), patch grid of the mean) of a residual run (None
     otherwise), from the snapshot and statistics its training left in ``run_dir``."""
     from hpcdiff.core import Module
-    from hpcdiff.experiment.residual import SNAPSHOT, STATS, sampling_patching
+    from hpcdiff.experiment.residual import SNAPSHOT, read_stats
 
     if cfg.objective.regression_run is None:
         return None
     regression = Module.from_checkpoint(run_dir / SNAPSHOT).train(False).to(device)
-    stats = json.loads((run_dir / STATS).read_text())
-    patching = stats.get("mean_patching", sampling_patching(cfg.sample))
+    stats, patching = read_stats(run_dir, cfg.sample)
     return regression, (torch.tensor(stats["mean"]), torch.tensor(stats["std"])), patching
 
 
