@@ -14,7 +14,7 @@ WORK=${1:-$ROOT/experiments/downscaling}
 STEPS=${2:-1000}
 shift $(( $# >= 2 ? 2 : $# ))
 [ "${1:-}" = "--" ] && shift
-SAMPLE=("sample.ensemble=8" "sample.times=3" "$@")
+SAMPLE=("sample.ensemble=8" "sample.times=8" "$@")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK" && cd "$WORK"
 H=("$VENV/bin/hpcdiff")
@@ -22,15 +22,20 @@ H=("$VENV/bin/hpcdiff")
 if [ ! -f data/quickstart/stats.json ]; then
     "${H[@]}" data synth --out data/quickstart --shape 128 128 --times 48 --files 2
 fi
-train() {  # name, overrides...
+train() {  # name, overrides...; the log in runs/<name>.train.log
     local name=$1; shift
     if [ -z "${SKIP_TRAIN:-}" ]; then
+        mkdir -p runs
+        echo "training $name ($STEPS steps), log in $WORK/runs/$name.train.log"
         "${H[@]}" train --config "$ROOT/configs/quickstart.yaml" run.name="$name" \
-            run.out_dir=runs run.steps="$STEPS" run.progress=never "$@"
+            run.out_dir=runs run.steps="$STEPS" run.progress=never "$@" > "runs/$name.train.log" 2>&1
     fi
 }
-train regression objective.kind=regression
+# regression and plain diffusion side by side (one core each), then the residual run
+train regression objective.kind=regression &
+regression=$!
 train plain
+wait "$regression"
 train residual objective.regression_run=runs/regression
 for run in regression plain residual; do
     "${H[@]}" sample "runs/$run" "${SAMPLE[@]}" > "runs/$run/sample.log"

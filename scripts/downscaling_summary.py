@@ -28,14 +28,15 @@ def _interpolation(scores: dict) -> tuple[str, dict]:
 
 def rows(runs: dict[str, dict]) -> dict[str, list[dict]]:
     """Per variable: one row per method with RMSE, CRPS (MAE), spread-skill, fine-scale
-    power ratio of the members and seam score."""
+    power ratio of the members, seam score and coarse-cell imprint."""
     out = {}
     ref = runs["plain"]["scores"]
     for name in ref:
         kind, interp = _interpolation(ref[name])
         table = [{"method": f"interpolation ({kind})", "rmse": interp["rmse"],
                   "crps": interp["mae"], "spread_skill": None,
-                  "fine_power": interp["fine_power_ratio"], "seam": None}]  # fmt: skip
+                  "fine_power": interp["fine_power_ratio"], "seam": None,
+                  "imprint": interp.get("coarse_imprint")}]  # fmt: skip
         for method, result in runs.items():
             s = result["scores"][name]
             deterministic = method == "regression"
@@ -44,6 +45,7 @@ def rows(runs: dict[str, dict]) -> dict[str, list[dict]]:
                 "spread_skill": None if deterministic else s["spread_skill"],
                 "fine_power": s["fine_power_ratio"]["members"],
                 "seam": (s.get("seam") or {}).get("score"),
+                "imprint": s.get("coarse_imprint"),
             })  # fmt: skip
         out[name] = table
     return out
@@ -84,9 +86,10 @@ def markdown(table: dict[str, list[dict]], found: list) -> str:
     lines = []
     for name, body in table.items():
         lines += [f"**{name}**", "", "| method | RMSE | CRPS (MAE) | spread/skill | fine-scale "
-                  "power | seam |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  "power | seam | imprint |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in body:
-            values = [r[k] for k in ("rmse", "crps", "spread_skill", "fine_power", "seam")]
+            keys = ("rmse", "crps", "spread_skill", "fine_power", "seam", "imprint")
+            values = [r[k] for k in keys]
             lines.append(f"| {r['method']} | " + " | ".join(map(cell, values)) + " |")
         lines.append("")
     lines += ["| check | met | numbers |", "|---|---|---|"]

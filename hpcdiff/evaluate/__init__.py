@@ -4,7 +4,8 @@
   write ``metrics.json`` and PNG plots;
 * :class:`VariableScores` - the per-variable accumulator (RMSE of the ensemble mean, fair CRPS,
   spread-skill ratio, rank histogram, power spectra, seam score), fed one time step at a time;
-* :func:`patch_lines`, :func:`seam_sums`, :func:`rank_counts` - its building blocks;
+* :func:`patch_lines`, :func:`cell_phases`, :func:`seam_sums`, :func:`rank_counts` - its
+  building blocks;
 * :class:`SamplesFile`, :class:`PatchGrid` - the inputs.
 
 Names are imported on first use, so ``hpcdiff --help`` does not load torch or netCDF4.
@@ -23,6 +24,7 @@ _EXPORTS = {
     "patch_lines": "hpcdiff.evaluate.scores",
     "rank_counts": "hpcdiff.evaluate.scores",
     "seam_sums": "hpcdiff.evaluate.scores",
+    "cell_phases": "hpcdiff.evaluate.scores",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,6 +27,7 @@ import numpy as np
 from hpcdiff.data.curvilinear import is_nest_of, nest_positions
 from hpcdiff.data.errors import DataError
 from hpcdiff.data.reader import GridSource, open_dataset
+from hpcdiff.evaluate.scores import cell_phases
 
 KINDS = ("bicubic", "conservative")
 # The baseline skill is reported against: conservative for fluxes and amounts, else bicubic.
@@ -161,6 +162,7 @@ class ConditionBaselines:
     def __init__(self, condition: GridSource, positions, times: np.ndarray | None, n: int):
         self.source = condition
         pos_y, pos_x = positions
+        self.positions = positions
         self.interp = Interpolation(pos_y, pos_x, condition.shape)
         self.index = _match(condition, times, n)
         self.description = ", ".join(f.path for f in condition.files)
@@ -240,6 +242,13 @@ class Baselines:
         except DataError as err:  # a curvilinear grid: scored without interpolation baseline
             return cls(samples, None, f"no interpolation baseline: {err}")
         return cls(samples, ConditionBaselines(source, positions, samples.times, samples.n_times))
+
+    def line_phases(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Position classes of the target grid's row and column lines within the condition's
+        cells (:func:`~hpcdiff.evaluate.scores.cell_phases`); None without a condition."""
+        if self.condition is None:
+            return None
+        return tuple(cell_phases(p) for p in self.condition.positions)
 
     def kinds(self, name: str) -> list[str]:
         """The baselines of variable ``name``."""

@@ -20,12 +20,14 @@ EXAMPLES = """examples:
 
 def _table(result: dict) -> str:
     """One line per variable with the headline scores."""
-    lines = [f"{'variable':<12} {'rmse':>10} {'crps':>10} {'spread/skill':>12} {'seam':>8}"]
+    lines = [f"{'variable':<12} {'rmse':>10} {'crps':>10} {'spread/skill':>12} {'seam':>8} "
+             f"{'imprint':>8}"]  # fmt: skip
     for name, s in result["scores"].items():
         seam = (s.get("seam") or {}).get("score")
-        cells = [s["rmse"], s["crps"], s["spread_skill"], seam]
+        cells = [s["rmse"], s["crps"], s["spread_skill"], seam, s.get("coarse_imprint")]
         text = ["-" if v is None else f"{v:.4g}" for v in cells]
-        lines.append(f"{name:<12} {text[0]:>10} {text[1]:>10} {text[2]:>12} {text[3]:>8}")
+        lines.append(f"{name:<12} {text[0]:>10} {text[1]:>10} {text[2]:>12} {text[3]:>8} "
+                     f"{text[4]:>8}")  # fmt: skip
     return "\n".join(lines)
 
 

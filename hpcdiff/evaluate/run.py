@@ -28,7 +28,11 @@ DEFINITIONS = {
     "rank_histogram": "counts of the truth's rank among the M + 1 values, ties broken at random",
     "spectra": "radially averaged power spectra, mean over members and times",
     "seam.score": "R(members) / R(truth), R = mean squared difference across patch-boundary "
-    "lines / across other lines (1 = no seams)",
+    "lines / across other lines at the same position within a condition cell (all other "
+    "lines without a condition), averaged over positions (1 = no seams)",
+    "coarse_imprint": "max / min over positions within a condition cell of the members' mean "
+    "squared difference across grid lines there / the truth's (1 = no imprint of the coarse "
+    "grid), the larger of the two axes",
     "all times": "scores over all times pool the valid points of every time step",
     "baselines": "bicubic / conservative interpolation of the coarse condition (and the "
     "regression mean of a residual run), scored as one-member ensembles on the ensemble's "
@@ -71,6 +75,9 @@ class Fallbacks:
     truth_levels: dict = field(default_factory=dict)  # data.levels (WRF bottom_top, ...)
     condition_files: list[str] = field(default_factory=list)  # data.condition_files
     condition_variables: list[str] = field(default_factory=list)  # data.condition_variables
+    # A residual run's regression mean, when fused on another patch grid than the samples
+    # (residual_stats.json's mean_patching): its lines are patch lines too.
+    mean_grid: PatchGrid | None = None
 
 
 def _file_patch_grid(samples: SamplesFile) -> PatchGrid | None:
@@ -130,12 +137,18 @@ def evaluate(
         source = _truth(samples, truth, fallbacks)
         grid = patch_grid or _file_patch_grid(samples) or fallbacks.patch_grid
         lines = grid.lines(samples.shape) if grid is not None else None
+        mean_grid = fallbacks.mean_grid
+        if lines is not None and mean_grid is not None:
+            more = mean_grid.lines(samples.shape)
+            lines = (np.union1d(lines[0], more[0]), np.union1d(lines[1], more[1]))
         base = Baselines.open(samples, source, condition, fallbacks)
+        phases = base.line_phases()
         out_dir.mkdir(parents=True, exist_ok=True)
         scores, maps = {}, []
         for c, name in enumerate(samples.variables):
-            acc = VariableScores(samples.members, lines, np.random.default_rng([seed, c]))
-            base_acc = {kind: VariableScores(1, None, np.random.default_rng([seed, c, k]))
+            rng = np.random.default_rng([seed, c])
+            acc = VariableScores(samples.members, lines, rng, phases)
+            base_acc = {kind: VariableScores(1, None, np.random.default_rng([seed, c, k]), phases)
                         for k, kind in enumerate(base.kinds(name))}  # fmt: skip
             for t in range(samples.n_times):
                 ens, y = samples.slab(name, t), source.read(name, t)  # (M, H, W), (H, W)
@@ -158,6 +171,7 @@ def evaluate(
             "times": [samples.label(t) for t in range(samples.n_times)],
             "grid": list(samples.shape),
             "patch_grid": grid.as_dict() if grid is not None else None,
+            "regression_mean_grid": mean_grid.as_dict() if mean_grid is not None else None,
             "seed": seed,
             "condition": base.description,
             "fine_band": _band(samples.shape, base),
@@ -199,6 +213,7 @@ def _with_baselines(scores: dict, accs: dict, base: Baselines, name: str, shape)
         scores["baselines"][kind] = {
             "rmse": got["rmse"], "mae": got["crps"], **skill(scores, got),
             "fine_power_ratio": ratio(got["spectra"], "members"),
+            "coarse_imprint": got["coarse_imprint"],
             "spectrum": None if got["spectra"] is None else got["spectra"]["members"],
         }  # fmt: skip
     return scores
@@ -235,13 +250,16 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
+    grid = PatchGrid(tuple(cfg.data.patch_shape), cfg.sample.overlap_pix, cfg.sample.boundary_pix)
+    mean = _mean_grid(run_dir, cfg)
     fallbacks = Fallbacks(
         list(cfg.data.files),
         dict(cfg.data.dims),
-        PatchGrid(tuple(cfg.data.patch_shape), cfg.sample.overlap_pix, cfg.sample.boundary_pix),
+        grid,
         dict(cfg.data.levels),
         list(cfg.data.condition_files),
         list(cfg.data.condition_variables),
+        mean if mean != grid else None,
     )
     return evaluate(
         samples if samples is not None else latest_samples(run_dir),
@@ -255,3 +273,15 @@ def evaluate_run(
         make_plots=make_plots,
         condition=condition,
     )
+
+
+def _mean_grid(run_dir: Path, cfg) -> PatchGrid | None:
+    """The patch grid a residual run fuses its regression mean on, from its
+    ``residual_stats.json``; None for other runs."""
+    if not cfg.objective.regression_run:
+        return None
+    from hpcdiff.experiment.residual import read_stats
+
+    _, patching = read_stats(run_dir, cfg.sample)
+    return PatchGrid(tuple(cfg.data.patch_shape), int(patching["overlap_pix"]),
+                     int(patching["boundary_pix"]))  # fmt: skip

@@ -18,7 +18,16 @@ of every time step.
   mean over valid points first.
 * Seam score: with R(f) = mean d^2 on patch-boundary lines / mean d^2 off them, d the first
   differences of f across grid lines (both axes, both endpoints valid), the score is
-  R(members) / R(truth): 1.0 means no seams, > 1 a visible patch grid.
+  R(members) / R(truth): 1.0 means no seams, > 1 a visible patch grid. When the condition's
+  grid is known, lines are compared only with lines at the same position within a condition
+  cell (:func:`cell_phases`): R is the mean over those position classes of the ratio, weighted
+  by the class's patch lines. A downscaled field's gradients legitimately depend on where in
+  a coarse cell they are (edges of an 8x block-mean condition are not its centres), and patch
+  lines often fall at the same position in every cell (patch strides a multiple of the cell);
+  comparing them with all lines would score that as seams.
+* Coarse-cell imprint: q(c) = mean d^2 of the members / mean d^2 of the truth over the lines
+  of position class c; the imprint is max q / min q (1 = members vary across a condition cell
+  as the truth does; larger: the coarse grid shows through), the larger of the two axes.
 """
 
 from __future__ import annotations
@@ -52,12 +61,36 @@ def patch_lines(length: int, patch: int, overlap_pix: int, boundary_pix: int) ->
     return np.unique(edges[(edges > 0) & (edges < length)])
 
 
+def cell_phases(pos: np.ndarray) -> np.ndarray:
+    """Position class of each grid line k = 1..L-1 (between cells k - 1 and k) within the
+    condition's cells, from ``pos`` (L,), the fractional coarse index of every target cell
+    centre: the line lies at u = (pos[k - 1] + pos[k]) / 2, its phase frac(u + 1/2) is 0 on a
+    coarse cell edge, and phases are binned into n = round(coarse / fine cell size) classes
+    (class 0: the edges). For an integer ratio r on aligned grids the class is k mod r.
+
+    >>> cell_phases((np.arange(12) + 0.5) / 4 - 0.5).tolist()
+    [1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]
+    """
+    pos = np.asarray(pos, dtype=np.float64)
+    if pos.size < 2:
+        return np.zeros(0, dtype=np.int64)
+    n = max(1, int(round(1.0 / float(np.abs(np.diff(pos)).mean()))))
+    u = 0.5 * (pos[1:] + pos[:-1]) + 0.5
+    return np.rint((u - np.floor(u)) * n).astype(np.int64) % n
+
+
 def seam_sums(
-    field: np.ndarray, valid: np.ndarray, lines_y: np.ndarray, lines_x: np.ndarray
+    field: np.ndarray,
+    valid: np.ndarray,
+    lines_y: np.ndarray,
+    lines_x: np.ndarray,
+    phases: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """[sum, count] of squared first differences of ``field`` (H, W) across the grid lines in
-    ``lines_y`` / ``lines_x``, then [sum, count] across all other lines: shape (4,)."""
-    out = np.zeros(4)
+    """Per position class (:func:`cell_phases` of the rows and of the columns; one class per
+    axis without ``phases``): [sum, count] of squared first differences of ``field`` (H, W)
+    across the grid lines in ``lines_y`` / ``lines_x``, then [sum, count] across all other
+    lines. Shape (n_y + n_x, 4), the rows' classes first."""
+    groups = []
     for axis, lines in ((0, lines_y), (1, lines_x)):
         d = np.diff(field, axis=axis).astype(np.float64)  # (H - 1, W) or (H, W - 1)
         ok = valid[1:] & valid[:-1] if axis == 0 else valid[:, 1:] & valid[:, :-1]
@@ -66,16 +99,41 @@ def seam_sums(
         per_line, n_line = sq.sum(axis=1 - axis), ok.sum(axis=1 - axis)  # one per grid line
         on = np.zeros(per_line.shape[0], dtype=bool)
         on[np.asarray(lines, dtype=int) - 1] = True
-        out += [per_line[on].sum(), n_line[on].sum(), per_line[~on].sum(), n_line[~on].sum()]
-    return out
+        cls = np.zeros(per_line.shape[0], dtype=np.int64) if phases is None else phases[axis]
+        for c in range(int(cls.max()) + 1 if cls.size else 1):
+            a, b = on & (cls == c), ~on & (cls == c)
+            groups.append([per_line[a].sum(), n_line[a].sum(), per_line[b].sum(), n_line[b].sum()])
+    return np.asarray(groups, dtype=np.float64)
 
 
 def _boundary_ratio(sums: np.ndarray) -> float:
-    """R = (mean d^2 on the lines) / (mean d^2 off them) from :func:`seam_sums` totals."""
-    on_sum, on_n, off_sum, off_n = sums
-    if min(on_n, off_n) == 0 or off_sum == 0:
+    """R from :func:`seam_sums` totals (groups, 4): per group (mean d^2 on the lines) / (mean
+    d^2 off them), averaged over the groups having both, weighted by their line points."""
+    sums = np.atleast_2d(sums)
+    on_sum, on_n, off_sum, off_n = sums.T
+    use = (on_n > 0) & (off_n > 0) & (off_sum > 0)
+    if not use.any():
         return math.nan
-    return float((on_sum / on_n) / (off_sum / off_n))
+    ratio = (on_sum[use] / on_n[use]) / (off_sum[use] / off_n[use])
+    return float((ratio * on_n[use]).sum() / on_n[use].sum())
+
+
+def _imprint(members: np.ndarray, truth: np.ndarray, classes: tuple[int, int]) -> float:
+    """max q / min q of the members' over the truth's mean d^2 per position class (see the
+    module docstring), the larger over the two axes; NaN without classes to compare."""
+    worst = math.nan
+    groups = np.split(np.arange(sum(classes)), [classes[0]])
+    for idx in groups:
+        if len(idx) < 2:
+            continue
+        mean = [(s[idx, 0] + s[idx, 2]) / np.maximum(s[idx, 1] + s[idx, 3], 1)
+                for s in (members, truth)]  # fmt: skip
+        ok = (mean[1] > 0) & (mean[0] > 0)
+        if ok.sum() < 2:
+            continue
+        q = mean[0][ok] / mean[1][ok]
+        worst = float(np.nanmax([worst, q.max() / q.min()]))
+    return worst
 
 
 def rank_counts(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -102,6 +160,9 @@ class VariableScores:
     members : ensemble size M.
     lines : (lines_y, lines_x) of the sampling patch grid (:func:`patch_lines`), or None.
     rng : generator for the rank histogram's tie breaks.
+    phases : (rows, cols) position classes of the grid lines in the condition's cells
+        (:func:`cell_phases`), or None: the seam score then compares with all other lines
+        and there is no coarse-cell imprint.
     """
 
     def __init__(
@@ -109,15 +170,18 @@ class VariableScores:
         members: int,
         lines: tuple[np.ndarray, np.ndarray] | None,
         rng: np.random.Generator,
+        phases: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        self.M, self.lines, self.rng = members, lines, rng
+        self.M, self.lines, self.rng, self.phases = members, lines, rng, phases
         self.rows: list[dict] = []
         self.totals = np.zeros(5)  # n, squared error, variance, crps, non-finite generated
         self.ranks = np.zeros(members + 1, dtype=np.int64)
         self.spectra: np.ndarray | None = None  # (3, nbins): truth, members, ensemble mean
         self.wavenumber: np.ndarray | None = None
         self.n_spectra = 0
-        self.seams = np.zeros((2, 4))  # members, truth: seam_sums totals
+        n = (1, 1) if phases is None else tuple(int(p.max()) + 1 if p.size else 1 for p in phases)
+        self.classes: tuple[int, int] = (n[0], n[1])
+        self.seams = np.zeros((2, sum(n), 4))  # members, truth: seam_sums totals
 
     def update(self, ens: np.ndarray, truth: np.ndarray, label: str) -> None:
         """Add one time step: ``ens`` (M, H, W) and ``truth`` (H, W), physical units."""
@@ -136,10 +200,11 @@ class VariableScores:
         self.totals += [n, se, var, crps, bad]
         self.rows.append(_row(label, n, se, var, crps, self.M))
         self._add_spectra(ens, truth, valid, all_valid)
-        if self.lines is not None:
-            self.seams[1] += seam_sums(truth, valid, *self.lines)
+        if self.lines is not None or self.phases is not None:
+            lines = self.lines if self.lines is not None else (np.zeros(0, int),) * 2
+            self.seams[1] += seam_sums(truth, valid, *lines, self.phases)
             for member in ens:
-                self.seams[0] += seam_sums(member, valid, *self.lines)
+                self.seams[0] += seam_sums(member, valid, *lines, self.phases)
 
     def _point_sums(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
         """Sums over points of (xbar - y)^2, s^2 and CRPS; adds the ranks. Works on blocks of
@@ -193,7 +258,11 @@ class VariableScores:
                 "ratio_truth": r_truth,
                 "lines_y": len(self.lines[0]),
                 "lines_x": len(self.lines[1]),
+                "position_classes": list(self.classes) if self.phases is not None else None,
             }
+        out["coarse_imprint"] = None
+        if self.phases is not None:
+            out["coarse_imprint"] = _imprint(self.seams[0], self.seams[1], self.classes)
         return out
 
 

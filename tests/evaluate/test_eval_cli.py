@@ -263,6 +263,78 @@ def _numpy_spectrum(f: np.ndarray) -> np.ndarray:
     return np.bincount(b, p, nbins) / np.bincount(b, minlength=nbins)
 
 
+def test_a_residual_runs_mean_grid_adds_its_patch_lines(tmp_path):
+    """A residual run sampled with another overlap than it trained with fuses its regression
+    mean on the trained grid (residual_stats.json): the seam score counts both grids' lines."""
+    run = _make_run(tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["objective"] = {"regression_run": str(tmp_path / "regression")}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    stats = {"mean": [0.0, 0.0], "std": [1.0, 1.0], "count": [1, 1],
+             "mean_patching": {"overlap_pix": 2, "boundary_pix": 0, "window": "cosine",
+                               "chunk_size": None}}  # fmt: skip
+    (run / "residual_stats.json").write_text(json.dumps(stats))
+    assert main(["evaluate", str(run), "--no-plots"]) == 0
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    assert result["regression_mean_grid"] == {"patch_shape": [12, 12], "overlap_pix": 2,
+                                              "boundary_pix": 0}  # fmt: skip
+    both = [np.union1d(patch_lines(n, 12, 4, 0), patch_lines(n, 12, 2, 0)) for n in (H, W)]
+    assert len(both[0]) > len(patch_lines(H, 12, 4, 0))
+    seam = result["scores"]["a"]["seam"]
+    assert (seam["lines_y"], seam["lines_x"]) == (len(both[0]), len(both[1]))
+    stats["mean_patching"]["overlap_pix"] = 4  # the samples' own grid: nothing to add
+    (run / "residual_stats.json").write_text(json.dumps(stats))
+    assert main(["evaluate", str(run), "--no-plots"]) == 0
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    assert result["regression_mean_grid"] is None
+    assert result["scores"]["a"]["seam"]["lines_y"] == len(patch_lines(H, 12, 4, 0))
+
+
+def _numpy_seam_and_imprint(ens: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Seam score and coarse-cell imprint of members (M, T, H, W) against the truth (T, H, W),
+    lines grouped by k mod F (the condition's cells, aligned), recomputed line by line."""
+    lines = [set(patch_lines(n, 12, 4, 0).tolist()) for n in (H, W)]
+    sums = {}  # (field, axis, class, on line) -> [sum d^2, count]
+    for t in range(truth.shape[0]):
+        valid = np.isfinite(truth[t]) & np.isfinite(ens[:, t]).all(0)
+        for who, f in [("x", m) for m in ens[:, t]] + [("y", truth[t])]:
+            for axis, n in ((0, H), (1, W)):
+                for k in range(1, n):
+                    a, b = (f[k - 1], f[k]) if axis == 0 else (f[:, k - 1], f[:, k])
+                    va, vb = (
+                        (valid[k - 1], valid[k]) if axis == 0 else (valid[:, k - 1], valid[:, k])
+                    )
+                    d2 = ((b.astype(np.float64) - a)[va & vb] ** 2).tolist()
+                    key = (who, axis, k % F, k in lines[axis])
+                    got = sums.setdefault(key, [0.0, 0])
+                    got[0], got[1] = got[0] + sum(d2), got[1] + len(d2)
+
+    def mean(*key):
+        total, count = sums.get(key, [0.0, 0])
+        return total / count if count else math.nan
+
+    def ratio(who):
+        num = den = 0.0
+        for axis in (0, 1):
+            for c in range(F):
+                on, off = sums.get((who, axis, c, True)), sums.get((who, axis, c, False))
+                if on and off:
+                    num += on[1] * mean(who, axis, c, True) / mean(who, axis, c, False)
+                    den += on[1]
+        return num / den
+
+    imprint = 0.0
+    for axis in (0, 1):
+        q = []
+        for c in range(F):
+            every = [sums.get((w, axis, c, s), [0.0, 0]) for w in "xy" for s in (True, False)]
+            x = (every[0][0] + every[1][0]) / (every[0][1] + every[1][1])
+            y = (every[2][0] + every[3][0]) / (every[2][1] + every[3][1])
+            q.append(x / y)
+        imprint = max(imprint, max(q) / min(q))
+    return ratio("x") / ratio("y"), imprint
+
+
 def test_baselines_equal_a_direct_numpy_computation(tmp_path, capsys):
     """Interpolation baselines of the run's condition files: bicubic (Keys) and conservative
     (= repeating each coarse cell for an integer factor) fields, their RMSE, MAE, the
@@ -284,6 +356,11 @@ def test_baselines_equal_a_direct_numpy_computation(tmp_path, capsys):
     for c, name in enumerate(VARS):
         s = result["scores"][name]
         assert s["reference_baseline"] == "bicubic" and f"{name:<10} ensemble" in printed
+        # lines compared within the condition's cells: classes k mod F on both axes
+        seam, imprint = _numpy_seam_and_imprint(ens[:, :, c], truth[:, c])
+        assert s["seam"]["position_classes"] == [F, F]
+        assert s["seam"]["score"] == pytest.approx(seam, rel=1e-6)  # float32 differences
+        assert s["coarse_imprint"] == pytest.approx(imprint, rel=1e-6)
         for kind in ("bicubic", "conservative"):
             fields = [_numpy_bicubic(coarse[h, c]) if kind == "bicubic" else
                       np.repeat(np.repeat(coarse[h, c], F, 0), F, 1) for h in HOURS]  # fmt: skip

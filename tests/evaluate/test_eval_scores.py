@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from hpcdiff.diffusion.multi_diffusion import GridPatching2D
-from hpcdiff.evaluate import VariableScores, patch_lines, rank_counts, seam_sums
+from hpcdiff.evaluate import VariableScores, cell_phases, patch_lines, rank_counts, seam_sums
+from hpcdiff.evaluate.baselines import fractional_index, index_positions
 
 
-def _scores(ens, truth, lines=None, seed=0) -> dict:
+def _scores(ens, truth, lines=None, seed=0, phases=None) -> dict:
     """All-time result of VariableScores fed time steps ens (T, M, H, W), truth (T, H, W)."""
-    acc = VariableScores(ens.shape[1], lines, np.random.default_rng(seed))
+    acc = VariableScores(ens.shape[1], lines, np.random.default_rng(seed), phases)
     for t in range(ens.shape[0]):
         acc.update(ens[t].astype(np.float32), truth[t].astype(np.float32), str(t))
     return acc.result()
@@ -204,7 +205,9 @@ def test_seam_sums_exclude_differences_touching_masked_points():
     valid = np.ones((4, 4), dtype=bool)
     valid[1, 2] = False
     lines = np.array([2]), np.array([2])
-    sums = seam_sums(field, valid, *lines)
+    sums = seam_sums(field, valid, *lines)  # one group per axis without phases
+    assert sums.shape == (2, 4)
+    sums = sums.sum(0)
     # differences: 2 x 12; 4 touch (1, 2) -> 20 remain; 3 + 3 of them on the lines 2
     assert sums[1] + sums[3] == 20 and sums[1] == 6
     dy, dx = np.diff(field, axis=0), np.diff(field, axis=1)
@@ -212,6 +215,67 @@ def test_seam_sums_exclude_differences_touching_masked_points():
     ok_x = valid[:, 1:] & valid[:, :-1]
     on = (dy[1][ok_y[1]] ** 2).sum() + (dx[:, 1][ok_x[:, 1]] ** 2).sum()
     assert sums[0] == pytest.approx(on)
+
+
+def test_cell_phases_of_aligned_offset_and_non_integer_grids():
+    # 8 fine cells per coarse cell, aligned (index space): line k sits at k mod 8 in a cell
+    assert cell_phases(index_positions((64,), (8,))[0]).tolist() == [k % 8 for k in range(1, 64)]
+    # the fine grid starting 3 fine cells into a coarse cell (coordinates): (k + 3) mod 8
+    fine = np.arange(40) + 3.5  # fine centres in units of fine cells
+    coarse = np.arange(8) * 8 + 4.0  # coarse centres, cells [8 j, 8 j + 8)
+    assert cell_phases(fractional_index(fine, coarse)).tolist() == [
+        (k + 3) % 8 for k in range(1, 40)
+    ]
+    # both axes descending (latitudes north to south): line k lies at coordinate 43 - k,
+    # counted from the edges in the coarse grid's own (descending) order
+    flipped = fractional_index(fine[::-1], coarse[::-1])
+    assert cell_phases(flipped).tolist() == [(k - 43) % 8 for k in range(1, 40)]
+    # 2.5 fine cells per coarse cell: 2 or 3 classes are a binning, every line gets one
+    pos = index_positions((25,), (10,))[0]
+    got = cell_phases(pos)
+    assert got.shape == (24,) and set(got.tolist()) <= {0, 1} and got[4] == 0  # line 5: an edge
+
+
+def _imprinted(rng, T, M, H, W, r, gain):
+    """Smooth random fields plus a field constant on r x r blocks (the cells of an r times
+    coarser grid): squared differences across the blocks' edges are ``gain`` times those
+    across other lines on average, a coarse-grid imprint without patch seams."""
+    f = _smooth(rng, T * M, H, W, width=2.0).reshape(T, M, H, W)
+    d2 = (np.diff(f, axis=-1) ** 2).mean()
+    blocks = rng.normal(scale=np.sqrt((gain - 1) * d2 / 2), size=(T, M, H // r, W // r))
+    return f + np.kron(blocks, np.ones((r, r)))
+
+
+def test_seam_score_does_not_count_a_coarse_cell_imprint_as_seams():
+    """Patch lines (patch 32, overlap 8: all multiples of 8) on the edges of 8-cell coarse
+    cells: members with steeper differences across every coarse edge (an imprint, no seams)
+    score as seams when compared with all lines, and not when compared with lines at the same
+    position in a cell; a real step on the patch lines still scores as one, and the imprint
+    score shows the imprint."""
+    rng = np.random.default_rng(11)
+    H = W = 128
+    lines = patch_lines(H, 32, 8, 0), patch_lines(W, 32, 8, 0)
+    assert all(int(k) % 8 == 0 for k in lines[0])
+    phases = (cell_phases(index_positions((H,), (16,))[0]),) * 2
+    truth = _smooth(rng, 4, H, W, width=2.0)
+    clean = _smooth(rng, 16, H, W, width=2.0).reshape(4, 4, H, W)
+    printed = _imprinted(rng, 4, 4, H, W, r=8, gain=2.0)
+    unmatched = _scores(printed, truth, lines)
+    matched = _scores(printed, truth, lines, phases=phases)
+    assert unmatched["seam"]["score"] > 1.5  # the imprint, read as seams
+    assert matched["seam"]["score"] == pytest.approx(1.0, abs=0.1)
+    assert matched["seam"]["position_classes"] == [8, 8]
+    assert matched["coarse_imprint"] == pytest.approx(2.0, rel=0.15)  # the edges' class
+    assert unmatched["coarse_imprint"] is None
+    ok = _scores(clean, truth, lines, phases=phases)
+    assert ok["seam"]["score"] == pytest.approx(1.0, abs=0.1)
+    assert ok["coarse_imprint"] < 1.3
+    scale = 2 * np.sqrt((np.diff(truth, axis=-1) ** 2).mean())
+    jumps = [np.zeros(n) for n in (H, W)]
+    for j, ln in zip(jumps, lines):
+        j[ln] = rng.choice([-scale, scale], size=len(ln))
+    offsets = np.cumsum(jumps[0])[:, None] + np.cumsum(jumps[1])[None, :]
+    assert _scores(clean + offsets, truth, lines, phases=phases)["seam"]["score"] > 3.0
 
 
 def test_scores_do_not_depend_on_the_block_size(monkeypatch):
