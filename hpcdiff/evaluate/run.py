@@ -28,8 +28,9 @@ DEFINITIONS = {
     "rank_histogram": "counts of the truth's rank among the M + 1 values, ties broken at random",
     "spectra": "radially averaged power spectra, mean over members and times",
     "seam.score": "R(members) / R(truth), R = mean squared difference across patch-boundary "
-    "lines / across other lines at the same position within a condition cell (all other "
-    "lines without a condition), averaged over positions (1 = no seams)",
+    "lines / across other lines of the axis at the same position within a condition cell (all "
+    "other lines of the axis without a condition), averaged over positions and axes weighted by "
+    "the patch lines' points (1 = no seams)",
     "coarse_imprint": "max / min over positions within a condition cell of the members' mean "
     "squared difference across grid lines there / the truth's (1 = no imprint of the coarse "
     "grid), the larger of the two axes",

@@ -18,10 +18,10 @@ of every time step.
   mean over valid points first.
 * Seam score: with R(f) = mean d^2 on patch-boundary lines / mean d^2 off them, d the first
   differences of f across grid lines (both axes, both endpoints valid), the score is
-  R(members) / R(truth): 1.0 means no seams, > 1 a visible patch grid. When the condition's
-  grid is known, lines are compared only with lines at the same position within a condition
-  cell (:func:`cell_phases`): R is the mean over those position classes of the ratio, weighted
-  by the class's patch lines. A downscaled field's gradients legitimately depend on where in
+  R(members) / R(truth): 1.0 means no seams, > 1 a visible patch grid. Lines are compared
+  with lines of the same axis and, when the condition's grid is known, at the same position
+  within a condition cell (:func:`cell_phases`): R is the mean of the ratio over these groups,
+  weighted by the points on the group's patch lines. A downscaled field's gradients legitimately depend on where in
   a coarse cell they are (edges of an 8x block-mean condition are not its centres), and patch
   lines often fall at the same position in every cell (patch strides a multiple of the cell);
   comparing them with all lines would score that as seams.
@@ -72,9 +72,10 @@ def cell_phases(pos: np.ndarray) -> np.ndarray:
     [1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]
     """
     pos = np.asarray(pos, dtype=np.float64)
-    if pos.size < 2:
-        return np.zeros(0, dtype=np.int64)
-    n = max(1, int(round(1.0 / float(np.abs(np.diff(pos)).mean()))))
+    step = float(np.abs(np.diff(pos)).mean()) if pos.size > 1 else 0.0
+    if not step > 0:  # fewer than two cells, or one coarse cell along the axis: one class
+        return np.zeros(max(pos.size - 1, 0), dtype=np.int64)
+    n = max(1, int(round(1.0 / step)))
     u = 0.5 * (pos[1:] + pos[:-1]) + 0.5
     return np.rint((u - np.floor(u)) * n).astype(np.int64) % n
 

@@ -234,6 +234,8 @@ def test_cell_phases_of_aligned_offset_and_non_integer_grids():
     pos = index_positions((25,), (10,))[0]
     got = cell_phases(pos)
     assert got.shape == (24,) and set(got.tolist()) <= {0, 1} and got[4] == 0  # line 5: an edge
+    # one coarse cell along the axis (positions all 0): a single class, no division by zero
+    assert cell_phases(fractional_index(fine, np.array([20.0]))).tolist() == [0] * 39
 
 
 def _imprinted(rng, T, M, H, W, r, gain):
