@@ -21,10 +21,10 @@ of every time step.
   R(members) / R(truth): 1.0 means no seams, > 1 a visible patch grid. Lines are compared
   with lines of the same axis and, when the condition's grid is known, at the same position
   within a condition cell (:func:`cell_phases`): R is the mean of the ratio over these groups,
-  weighted by the points on the group's patch lines. A downscaled field's gradients legitimately depend on where in
-  a coarse cell they are (edges of an 8x block-mean condition are not its centres), and patch
-  lines often fall at the same position in every cell (patch strides a multiple of the cell);
-  comparing them with all lines would score that as seams.
+  weighted by the points on the group's patch lines. A downscaled field's gradients
+  legitimately depend on where in a coarse cell they are (edges of an 8x block-mean condition
+  are not its centres), and patch lines often fall at the same position in every cell (patch
+  strides a multiple of the cell); comparing them with all lines would score that as seams.
 * Coarse-cell imprint: q(c) = mean d^2 of the members / mean d^2 of the truth over the lines
   of position class c; the imprint is max q / min q (1 = members vary across a condition cell
   as the truth does; larger: the coarse grid shows through), the larger of the two axes.
