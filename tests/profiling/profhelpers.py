@@ -14,9 +14,9 @@ TORCHRUN = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2"]
 STEPS = 2
 
 
-# What Nsight Systems 2022.4 printed, and all it printed, when its CLI lost the connection to
-# its session daemon before starting the command (once in a CI run: no report, the profiled
-# command never started). An nsys command failing with exactly this is run once more.
+# All that Nsight Systems 2022.4 printed when it failed before starting the command (once in a
+# CI run: no report, the profiled command never started; most likely its CLI losing the
+# connection to its session daemon). An nsys command failing with exactly this runs once more.
 NSYS_DAEMON_EOF = "End of file"
 
 
