@@ -27,8 +27,13 @@ train() {  # name, overrides...; the log in runs/<name>.train.log
     if [ -z "${SKIP_TRAIN:-}" ]; then
         mkdir -p runs
         echo "training $name ($STEPS steps), log in $WORK/runs/$name.train.log"
-        "${H[@]}" train --config "$ROOT/configs/quickstart.yaml" run.name="$name" \
-            run.out_dir=runs run.steps="$STEPS" run.progress=never "$@" > "runs/$name.train.log" 2>&1
+        if ! "${H[@]}" train --config "$ROOT/configs/quickstart.yaml" run.name="$name" \
+            run.out_dir=runs run.steps="$STEPS" run.progress=never "$@" \
+            > "runs/$name.train.log" 2>&1; then
+            echo "training $name failed; the end of runs/$name.train.log:" >&2
+            tail -n 5 "runs/$name.train.log" >&2
+            return 1
+        fi
     fi
 }
 # regression and plain diffusion side by side (one core each), then the residual run

@@ -33,7 +33,7 @@ def run(cmd, cwd, env=None, timeout=300, check=True):
     out = once()
     nsys = any(Path(w).name in ("nsys", "nsys_profile.sh") for w in words)
     if nsys and out.returncode != 0 and out.stderr.strip() == NSYS_DAEMON_EOF:
-        print(f"{words[0]}: nsys lost its session daemon at start ({NSYS_DAEMON_EOF!r}); "
+        print(f"{words[0]}: nsys failed at start printing only {NSYS_DAEMON_EOF!r}; "
               "running it once more", file=sys.stderr)  # fmt: skip
         out = once()
     if check and out.returncode != 0:
