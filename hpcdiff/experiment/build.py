@@ -115,7 +115,10 @@ class PatchObjective(Module):
     embedding)."""
 
     def __init__(
-        self, model: MultiDiffusionModel2D, patch_shape: tuple[int, int], patches_per_sample: int
+        self,
+        model: MultiDiffusionModel2D,
+        patch_shape: tuple[int, int] = (64, 64),
+        patches_per_sample: int = 1,
     ) -> None:
         super().__init__()
         self.model = model

@@ -39,14 +39,6 @@ class RegressionObjective(PatchObjective):
     (P B, C, Hp, Wp) of ``patches_per_sample`` random patches per window.
     """
 
-    def __init__(
-        self,
-        model: MultiDiffusionModel2D,
-        patch_shape: tuple[int, int] = (64, 64),
-        patches_per_sample: int = 1,
-    ) -> None:
-        super().__init__(model, patch_shape, patches_per_sample)
-
     def forward(
         self,
         x0: torch.Tensor,
@@ -59,6 +51,19 @@ class RegressionObjective(PatchObjective):
         mean = self.model(x0_p, t, condition=cond_p, x_is_patched=True, t_is_patched=True,
                           condition_is_patched=True)  # fmt: skip
         return weight_p * (mean.float() - x0_p.float()) ** 2
+
+
+def fused_predictor(
+    model: MultiDiffusionModel2D, patching: dict, condition: TensorDict | None = None
+) -> MultiDiffusionPredictor:
+    """The multi-diffusion predictor of ``model`` on the patch grid ``patching``
+    (overlap_pix, boundary_pix, window, chunk_size; the dict of
+    :func:`~hpcdiff.experiment.residual.sampling_patching`)."""
+    predictor = MultiDiffusionPredictor(model, condition=condition,
+                                        chunk_size=patching["chunk_size"])  # fmt: skip
+    predictor.set_patching(patching["overlap_pix"], patching["boundary_pix"],
+                           window=patching["window"])  # fmt: skip
+    return predictor
 
 
 @torch.no_grad()
@@ -75,9 +80,7 @@ def regression_mean(
     tiles."""
     B = 1 if condition is None else condition.shape[0]
     cond = None if condition is None else TensorDict({"condition": condition}, batch_size=[B])
-    predictor = MultiDiffusionPredictor(model, condition=cond, chunk_size=patching["chunk_size"])
-    predictor.set_patching(patching["overlap_pix"], patching["boundary_pix"],
-                           window=patching["window"])  # fmt: skip
+    predictor = fused_predictor(model, patching, cond)
     device = next(model.parameters()).device
     x = torch.zeros(B, channels, *shape, device=device)
     return predictor(x, torch.zeros(B, device=device))

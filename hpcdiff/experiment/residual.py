@@ -111,6 +111,7 @@ class RegressionMean:
             p.requires_grad_(False)
         self.model, self.patching, self.cache_bytes = regression.model, patching, cache_bytes
         self.cache: dict[int, torch.Tensor] = {}
+        self.cached_bytes = 0
 
     def __call__(self, condition: torch.Tensor | None, time_index: torch.Tensor, C: int, shape):
         times = [int(t) for t in time_index]
@@ -121,9 +122,9 @@ class RegressionMean:
             means = regression_mean(self.model, cond, C, tuple(shape), self.patching)
             fresh = {times[b]: means[i] for i, b in enumerate(missing)}
             for t, mean in fresh.items():
-                used = sum(m.numel() * m.element_size() for m in self.cache.values())
-                if used + mean.numel() * mean.element_size() <= self.cache_bytes:
-                    self.cache[t] = mean
+                size = mean.numel() * mean.element_size()
+                if self.cached_bytes + size <= self.cache_bytes:
+                    self.cache[t], self.cached_bytes = mean, self.cached_bytes + size
         means = [self.cache[t] if t in self.cache else fresh[t] for t in times]
         return torch.stack(means)  # (B, C, H, W)
 

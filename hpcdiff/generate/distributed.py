@@ -182,9 +182,9 @@ def _tiled_mean(regression: Any, cond: TensorDict | None, mesh: DomainMesh, C: i
     """This rank's tile (1, C, h, w) of the regression mean: the fused patch grid ``p``
     (:func:`~hpcdiff.experiment.residual.sampling_patching`), equal to the single-process
     fuse for any tiling."""
-    pred = MultiDiffusionPredictor(regression.model, chunk_size=p["chunk_size"])
-    pred.set_patching(p["overlap_pix"], p["boundary_pix"], window=p["window"])
-    tiled = TiledMultiDiffusionPredictor(pred, mesh, condition=cond)
+    from hpcdiff.experiment.regression import fused_predictor
+
+    tiled = TiledMultiDiffusionPredictor(fused_predictor(regression.model, p), mesh, condition=cond)
     device = next(regression.parameters()).device
     zeros = torch.zeros(1, C, *mesh.tile.shape, device=device)
     return tiled(zeros, torch.zeros(1, device=device))
@@ -194,7 +194,7 @@ def _members_of_time(objective: Any, cfg: Any, cond: Tensor | None, seeds: list[
                      mesh: DomainMesh, residual: Any, on_step) -> tuple:  # fmt: skip
     """This rank's tiles (E_g, C, h, w) of the members of one time (a regression run's: its
     mean), and of a residual run's regression mean (1, C, h, w) (None for other runs)."""
-    from hpcdiff.experiment.regression import RegressionObjective
+    from hpcdiff.experiment.regression import RegressionObjective, fused_predictor
     from hpcdiff.experiment.residual import sampling_patching
 
     s, E = cfg.sample, len(seeds)
@@ -212,8 +212,7 @@ def _members_of_time(objective: Any, cfg: Any, cond: Tensor | None, seeds: list[
         regression, (m, sd), patching = residual
         mean = _tiled_mean(regression, condition(cond, 1), mesh, C, patching)
         cond = mean if cond is None else torch.cat([cond, mean], dim=1)
-    pred = MultiDiffusionPredictor(objective.model, chunk_size=s.chunk_size)
-    pred.set_patching(s.overlap_pix, s.boundary_pix, window=s.window)
+    pred = fused_predictor(objective.model, sampling_patching(s))
     tiled = TiledMultiDiffusionPredictor(pred, mesh, condition=condition(cond, E))
     x = sample_tiled(tiled, mesh, objective.scheduler, seeds, C, s.num_steps, s.solver,
                      on_step=on_step, precision=s.precision)  # fmt: skip
