@@ -112,7 +112,8 @@ class PatchObjective(Module):
     whose top-left corners on the global grid are ``origin`` (B, 2) (default: the whole grid),
     into (P B, C, Hp, Wp) patches, the condition as sampling lays it out ({"condition": ...});
     the model's patch indices are set to the patches' global positions (their positional
-    embedding)."""
+    embedding). ``forward(x0, weight, condition, origin)`` returns the subclass's
+    :meth:`patch_loss` of those patches, a loss map (P B, C, Hp, Wp)."""
 
     def __init__(
         self,
@@ -139,6 +140,20 @@ class PatchObjective(Module):
             cond_p = TensorDict({"condition": patches}, batch_size=[patches.shape[0]])
         return x0_p, weight_p, cond_p
 
+    def forward(
+        self,
+        x0: torch.Tensor,
+        weight: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        origin: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.patch_loss(*self.patches(x0, weight, condition, origin))
+
+    def patch_loss(
+        self, x0_p: torch.Tensor, weight_p: torch.Tensor, cond_p: TensorDict | None
+    ) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define patch_loss")
+
 
 class DiffusionObjective(PatchObjective):
     """Per-patch weighted DSM loss of ``model`` on windows of the global grid (the module a
@@ -163,13 +178,8 @@ class DiffusionObjective(PatchObjective):
         self.scheduler = build_scheduler(scheduler, scheduler_args or {})
         self.loss = WeightedMSEDSMLoss(_OnPatches(model), self.scheduler, reduction="none")
 
-    def forward(
-        self,
-        x0: torch.Tensor,
-        weight: torch.Tensor,
-        condition: torch.Tensor | None = None,
-        origin: torch.Tensor | None = None,
+    def patch_loss(
+        self, x0_p: torch.Tensor, weight_p: torch.Tensor, cond_p: TensorDict | None
     ) -> torch.Tensor:
-        x0_p, weight_p, cond_p = self.patches(x0, weight, condition, origin)
-        t = self.scheduler.sample_time(x0_p.shape[0], device=x0.device, dtype=x0.dtype)
+        t = self.scheduler.sample_time(x0_p.shape[0], device=x0_p.device, dtype=x0_p.dtype)
         return self.loss(x0_p, weight_p, t=t, condition=cond_p)

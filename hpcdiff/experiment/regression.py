@@ -39,15 +39,10 @@ class RegressionObjective(PatchObjective):
     (P B, C, Hp, Wp) of ``patches_per_sample`` random patches per window.
     """
 
-    def forward(
-        self,
-        x0: torch.Tensor,
-        weight: torch.Tensor,
-        condition: torch.Tensor | None = None,
-        origin: torch.Tensor | None = None,
+    def patch_loss(
+        self, x0_p: torch.Tensor, weight_p: torch.Tensor, cond_p: TensorDict | None
     ) -> torch.Tensor:
-        x0_p, weight_p, cond_p = self.patches(x0, weight, condition, origin)
-        t = torch.zeros(x0_p.shape[0], device=x0.device, dtype=x0.dtype)
+        t = torch.zeros(x0_p.shape[0], device=x0_p.device, dtype=x0_p.dtype)
         mean = self.model(x0_p, t, condition=cond_p, x_is_patched=True, t_is_patched=True,
                           condition_is_patched=True)  # fmt: skip
         return weight_p * (mean.float() - x0_p.float()) ** 2
